@@ -1,0 +1,54 @@
+# kubetrain's front door (kubebuilder conventions). Every target installs what
+# it needs first, so each one works on a fresh machine.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.kubetrain-installed
+KUBECONFIG_DEV ?= $(HOME)/.cache/kubetrain/cluster/kubeconfig
+PYTEST_ARGS ?=
+
+.PHONY: help
+help: ## Show the targets
+	@grep -E '^[a-z-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-14s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	# pip keeps its cache (~/.cache/pip): the multi-GB torch wheel downloads once per machine.
+	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	touch $@
+
+.PHONY: install
+install: $(STAMP) ## Create .venv with kubetrain and every extra (operator, trainer, test)
+
+.PHONY: tools
+tools: $(STAMP) ## Build the control plane, KWOK and helm from the Go module proxy (cached in ~/.cache/kubetrain)
+	$(PY) -m kubetrain.devcluster build
+
+.PHONY: crds
+crds: $(STAMP) ## Regenerate crds/ and the chart's CRD from the pydantic models
+	$(PY) -m kubetrain.cli crds
+
+.PHONY: test
+test: tools ## Run every test: unit, trainer (real torchrun on CPU), integration (real control plane)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+.PHONY: test-unit
+test-unit: $(STAMP) ## Run only the fast unit tests
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+.PHONY: demo
+demo: $(STAMP) ## Train the built-in GPT locally: examples/minimal.yaml on two CPU replicas
+	$(PY) -m kubetrain.cli run examples/minimal.yaml
+
+.PHONY: cluster
+cluster: tools ## Start a local control plane with 4 simulated 8-GPU nodes (prints the KUBECONFIG line)
+	$(PY) -m kubetrain.devcluster up
+
+.PHONY: cluster-down
+cluster-down: $(STAMP) ## Stop the local control plane
+	$(PY) -m kubetrain.devcluster down

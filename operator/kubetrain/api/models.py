@@ -1,0 +1,471 @@
+"""The TrainingJob API (kubetrain.dev/v1alpha1), modelled once.
+
+These models are the single source of truth: the CRD in ``crds/`` is generated
+from them (``make crds``), ``kubetrain validate`` and ``kubetrain run`` parse
+manifests with them, and the operator reads specs through them. Every field
+carries the description ``kubectl explain`` shows.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
+
+from kubetrain.api.base import ApiModel, Rule
+
+GROUP = "kubetrain.dev"
+VERSION = "v1alpha1"
+KIND = "TrainingJob"
+PLURAL = "trainingjobs"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+# Pods are named <job>-worker-<index> and the store Service <job>-rdzv: a job
+# name longer than this would overflow the 63-character DNS label.
+MAX_JOB_NAME_LENGTH = 52
+
+Precision = Literal["fp32", "tf32", "bf16", "fp16", "fp8"]
+Strategy = Literal["ddp", "fsdp"]
+CompressionType = Literal["none", "fp16", "bf16", "powersgd"]
+# Failure classes the operator derives from exit codes, termination messages
+# and container status. ConfigError and ImagePullError are never retried.
+RetryableReason = Literal[
+    "NodeLost", "Evicted", "Preempted", "OOMKilled", "CommunicationTimeout", "UserError", "Unknown"
+]
+Phase = Literal["Pending", "Running", "Restarting", "Scaling", "Suspended", "Succeeded", "Failed"]
+
+_QUANTITY = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+|[KMGTPE]i|[numkMGTPE])?$")
+# Env var names that must never carry a literal value: read them from a Secret.
+_SECRET_NAME_CEL = r"(?i)(^|_)(PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|ACCESS_?KEY|PRIVATE_?KEY|CREDENTIALS?)$"
+_SECRET_NAME = re.compile(_SECRET_NAME_CEL)
+
+Quantity = Annotated[int | str, Field(description="A Kubernetes quantity, e.g. 500m, 16Gi or 4.")]
+ResourceMap = Annotated[dict[str, Quantity], Field(max_length=16)]
+
+
+def _all_quantities(resources: dict[str, Any] | None) -> bool:
+    return all(isinstance(v, int) or _QUANTITY.match(v) for v in (resources or {}).values())
+
+
+class ResourceRequirements(ApiModel):
+    """CPU, memory and other resources for each replica's trainer container."""
+
+    requests: ResourceMap | None = Field(
+        None, description="Minimum resources per replica, e.g. {cpu: 8, memory: 64Gi}. GPUs go in gpusPerReplica."
+    )
+    limits: ResourceMap | None = Field(None, description="Maximum resources per replica, e.g. {memory: 80Gi}.")
+
+    cel_rules = (
+        Rule(
+            "!has(self.requests) || self.requests.all(k, type(self.requests[k]) == int || isQuantity(self.requests[k]))",
+            "spec.container.resources.requests: every value must be a Kubernetes quantity (e.g. 8, 500m, 64Gi)",
+            lambda s: _all_quantities(s.requests),
+        ),
+        Rule(
+            "!has(self.limits) || self.limits.all(k, type(self.limits[k]) == int || isQuantity(self.limits[k]))",
+            "spec.container.resources.limits: every value must be a Kubernetes quantity (e.g. 8, 500m, 64Gi)",
+            lambda s: _all_quantities(s.limits),
+        ),
+        Rule(
+            "(!has(self.requests) || !('nvidia.com/gpu' in self.requests)) && (!has(self.limits) || !('nvidia.com/gpu' in self.limits))",
+            "spec.container.resources must not set nvidia.com/gpu: use spec.container.gpusPerReplica",
+            lambda s: "nvidia.com/gpu" not in (s.requests or {}) and "nvidia.com/gpu" not in (s.limits or {}),
+        ),
+    )
+
+
+class EnvVar(ApiModel):
+    """An environment variable for the trainer container."""
+
+    name: str = Field(
+        ..., min_length=1, max_length=128, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$", description="Variable name."
+    )
+    value: str | None = Field(None, max_length=32768, description="A literal value. Never put a secret here.")
+    value_from: dict[str, Any] | None = Field(
+        None,
+        description="A source for the value, as in a Pod: secretKeyRef, configMapKeyRef, fieldRef or resourceFieldRef.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+
+    cel_rules = (
+        Rule(
+            "!(has(self.value) && has(self.valueFrom))",
+            "spec.container.env: set either value or valueFrom, not both",
+            lambda s: not (s.value is not None and s.value_from is not None),
+        ),
+        Rule(
+            f"!has(self.value) || !self.name.matches('{_SECRET_NAME_CEL}')",
+            "spec.container.env: a variable named like a secret (PASSWORD, TOKEN, API_KEY, ...) must use "
+            "valueFrom.secretKeyRef, not a literal value",
+            lambda s: s.value is None or not _SECRET_NAME.search(s.name),
+        ),
+    )
+
+
+class ContainerSpec(ApiModel):
+    """The trainer container every worker pod runs under torchrun."""
+
+    image: str | None = Field(
+        None,
+        max_length=512,
+        description="Container image with torch and the trainer. Defaults to the operator's configured "
+        "trainer image (the Helm value trainerImage), which runs the built-in trainer.",
+    )
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
+        None, description="When to pull the image: Always, IfNotPresent or Never."
+    )
+    command: list[Annotated[str, Field(max_length=4096)]] | None = Field(
+        None,
+        max_length=64,
+        description="The program each worker process runs, launched by torchrun with --no-python "
+        "(e.g. [python, /app/train.py]). torchrun provides RANK, WORLD_SIZE, MASTER_ADDR and the "
+        "rendezvous; a plain script gets elastic plumbing but not kubetrain's metrics. Unset: the "
+        "built-in trainer (python -m kubetrain_trainer), configured by spec.trainer.",
+    )
+    args: list[Annotated[str, Field(max_length=4096)]] | None = Field(
+        None, max_length=256, description="Arguments appended to command."
+    )
+    env: list[EnvVar] | None = Field(
+        None,
+        max_length=128,
+        description="Extra environment variables. Secrets must come from valueFrom.secretKeyRef.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    resources: ResourceRequirements = Field(
+        default_factory=ResourceRequirements,
+        description="CPU and memory per replica. GPUs are requested through gpusPerReplica.",
+    )
+    gpus_per_replica: int = Field(
+        0, ge=0, le=64, description="GPUs each replica (pod) requests as gpuResourceName. 0 trains on CPU."
+    )
+    gpu_resource_name: str = Field(
+        "nvidia.com/gpu", max_length=253, description="The extended resource that names a GPU on your nodes."
+    )
+    processes_per_replica: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="Training processes per replica (torchrun --nproc-per-node). Defaults to "
+        "gpusPerReplica, or 1 on CPU.",
+    )
+
+    cel_rules = (
+        Rule(
+            "!has(self.processesPerReplica) || self.gpusPerReplica == 0 || self.processesPerReplica <= self.gpusPerReplica",
+            "spec.container.processesPerReplica must not exceed spec.container.gpusPerReplica: each process needs its own GPU",
+            lambda s: s.processes_per_replica is None
+            or s.gpus_per_replica == 0
+            or s.processes_per_replica <= s.gpus_per_replica,
+        ),
+    )
+
+    def nproc(self) -> int:
+        return self.processes_per_replica or max(self.gpus_per_replica, 1)
+
+
+class ReplicaSpec(ApiModel):
+    """How many worker pods (torchrun agents) the job may run: it trains with any number between min and max."""
+
+    min: int = Field(1, ge=1, le=1024, description="Fewest replicas the job trains with; below this it waits.")
+    max: int = Field(1, ge=1, le=1024, description="Most replicas; the operator grows the job toward max when capacity allows.")
+
+    cel_rules = (
+        Rule(
+            "self.min <= self.max",
+            "spec.replicas.min must be less than or equal to spec.replicas.max",
+            lambda s: s.min <= s.max,
+        ),
+    )
+
+
+class TrainerSpec(ApiModel):
+    """Settings of the built-in trainer (ignored when spec.container.command runs your own program)."""
+
+    workload: str = Field(
+        "builtin:gpt",
+        max_length=256,
+        pattern=r"^(builtin:[a-z0-9-]+|[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*)$",
+        description="What to train: builtin:gpt (a small GPT on bundled text) or module:function in "
+        "your image that returns a kubetrain_trainer.api.Workload.",
+    )
+    max_steps: int = Field(1000, ge=1, description="Job-wide optimizer steps to train; the job succeeds when reached.")
+    batch_size: int = Field(8, ge=1, le=65536, description="Samples per process per step (micro-batch).")
+    sequence_length: int = Field(128, ge=8, le=1048576, description="Tokens per sample.")
+    learning_rate: float = Field(3e-4, gt=0, le=10, description="Peak learning rate.")
+    seed: int = Field(0, ge=0, description="Seed for model init and the data order.")
+    args: dict[str, Annotated[str, Field(max_length=1024)]] | None = Field(
+        None, max_length=64, description="Free-form settings passed to the workload function."
+    )
+
+
+class PowerSGDSpec(ApiModel):
+    """PowerSGD low-rank gradient compression (DDP only)."""
+
+    rank: int = Field(..., ge=1, le=64, description="Rank of the low-rank approximation; higher is more accurate, less compressed.")
+    start_iteration: int = Field(
+        10, ge=1, description="Steps of plain allreduce before compression starts (at least 2 with errorFeedback or warmStart)."
+    )
+    min_compression_rate: float = Field(
+        2.0, ge=1, description="Only tensors that compress at least this much are compressed."
+    )
+    error_feedback: bool = Field(True, description="Carry the compression error into the next step.")
+    warm_start: bool = Field(True, description="Reuse the previous step's low-rank factors.")
+
+    cel_rules = (
+        Rule(
+            "!(self.errorFeedback || self.warmStart) || self.startIteration >= 2",
+            "spec.compression.powerSGD.startIteration must be at least 2 when errorFeedback or warmStart is on",
+            lambda s: not (s.error_feedback or s.warm_start) or s.start_iteration >= 2,
+        ),
+    )
+
+
+class CompressionSpec(ApiModel):
+    """Gradient compression for the gradient all-reduce."""
+
+    type: CompressionType = Field(
+        "none",
+        description="none; fp16 or bf16 (gradients cast for communication; with fsdp, the reduce dtype); "
+        "powersgd (low-rank, DDP only, needs powerSGD).",
+    )
+    power_sgd: PowerSGDSpec | None = Field(None, alias="powerSGD", description="PowerSGD parameters; required when type is powersgd.")
+
+    cel_rules = (
+        Rule(
+            "self.type != 'powersgd' || has(self.powerSGD)",
+            "spec.compression.powerSGD is required when spec.compression.type is powersgd (set at least rank)",
+            lambda s: s.type != "powersgd" or s.power_sgd is not None,
+        ),
+        Rule(
+            "self.type == 'powersgd' || !has(self.powerSGD)",
+            "spec.compression.powerSGD is only allowed when spec.compression.type is powersgd",
+            lambda s: s.type == "powersgd" or s.power_sgd is None,
+        ),
+    )
+
+
+class PVCSource(ApiModel):
+    """A PersistentVolumeClaim in the job's namespace."""
+
+    claim_name: str = Field(..., min_length=1, max_length=253, description="Name of the PersistentVolumeClaim.")
+
+
+class EmptyDirSource(ApiModel):
+    """A pod-local scratch volume: checkpoints die with the pod. For tests and demos only."""
+
+    medium: Literal["", "Memory"] | None = Field(None, description="Empty for node disk, Memory for tmpfs.")
+    size_limit: Quantity | None = Field(None, description="Size limit of the volume, e.g. 10Gi.")
+
+
+class CheckpointSpec(ApiModel):
+    """Where and how often the trainer saves distributed checkpoints; every start resumes from the latest."""
+
+    persistent_volume_claim: PVCSource | None = Field(
+        None, description="Store checkpoints on this claim (ReadWriteMany, so every replica and every restart sees them)."
+    )
+    empty_dir: EmptyDirSource | None = Field(
+        None, description="Store checkpoints in a pod-local emptyDir (lost with the pod; for tests)."
+    )
+    path: str = Field(
+        "",
+        max_length=1024,
+        pattern=r"^([A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*)?$",
+        description="Relative directory inside the volume; empty means <namespace>/<job name>.",
+    )
+    interval_steps: int = Field(100, ge=1, description="Save every this many steps (and on SIGTERM).")
+    keep: int = Field(2, ge=1, le=100, description="Complete checkpoints to keep; older ones are deleted.")
+
+    cel_rules = (
+        Rule(
+            "has(self.persistentVolumeClaim) != has(self.emptyDir)",
+            "spec.checkpoint: set exactly one of persistentVolumeClaim or emptyDir",
+            lambda s: (s.persistent_volume_claim is None) != (s.empty_dir is None),
+        ),
+    )
+
+
+class FailurePolicy(ApiModel):
+    """How many restarts the job may use and which failures deserve one."""
+
+    max_restarts: int = Field(
+        3,
+        ge=0,
+        le=1000,
+        description="Restarts the whole job may use (failed or lost workers re-rendezvous); beyond it the job Fails.",
+    )
+    retry_on: list[RetryableReason] = Field(
+        default_factory=lambda: ["NodeLost", "Evicted", "Preempted", "CommunicationTimeout", "Unknown"],
+        max_length=7,
+        description="Failure reasons that use a restart; any other fails the job at once. ConfigError and "
+        "ImagePullError are never retried.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+
+
+class Toleration(ApiModel):
+    """A toleration, as in a Pod."""
+
+    key: str | None = Field(None, max_length=316, description="Taint key; empty with Exists matches all taints.")
+    operator: Literal["Exists", "Equal"] | None = Field(None, description="Exists or Equal (the default).")
+    value: str | None = Field(None, max_length=63, description="Taint value for Equal.")
+    effect: Literal["", "NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        None, description="Taint effect to match; empty matches all."
+    )
+    toleration_seconds: int | None = Field(None, description="For NoExecute: how long the pod stays bound after the taint.")
+
+
+class SchedulingSpec(ApiModel):
+    """Where the worker pods may run and who admits them."""
+
+    node_selector: dict[str, Annotated[str, Field(max_length=63)]] | None = Field(
+        None, max_length=32, description="Node labels the worker pods require, e.g. {nvidia.com/gpu.product: NVIDIA-H100-80GB-HBM3}."
+    )
+    tolerations: list[Toleration] | None = Field(None, max_length=32, description="Tolerations for the worker pods.")
+    affinity: dict[str, Any] | None = Field(
+        None,
+        description="Pod affinity and anti-affinity, as in a Pod's spec.affinity.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    priority_class_name: str | None = Field(None, max_length=253, description="PriorityClass of the worker pods.")
+    scheduler_name: str | None = Field(None, max_length=253, description="Scheduler for the worker pods (default kube-scheduler).")
+    queue_name: str | None = Field(
+        None,
+        max_length=63,
+        description="Kueue LocalQueue. Kueue reads the kueue.x-k8s.io/queue-name label; the operator "
+        "keeps a job with either suspended until Kueue admits it.",
+    )
+
+
+class MetricsSpec(ApiModel):
+    """The Prometheus endpoint each worker pod serves."""
+
+    enabled: bool = Field(True, description="Serve trainer metrics (tokens/s, MFU, loss, GPU) for Prometheus.")
+    port: int = Field(9404, ge=1024, le=65535, description="Container port of the metrics endpoint (non-root, so ≥ 1024).")
+
+
+class TrainingJobSpec(ApiModel):
+    """The desired state of an elastic PyTorch training job."""
+
+    replicas: ReplicaSpec = Field(default_factory=ReplicaSpec, description="Elastic replica range (worker pods).")
+    container: ContainerSpec = Field(default_factory=ContainerSpec, description="The trainer container.")
+    trainer: TrainerSpec = Field(default_factory=TrainerSpec, description="Built-in trainer settings.")
+    precision: Precision = Field(
+        "fp32",
+        description="Numeric precision: fp32; tf32 (fp32 with TF32 matmuls on CUDA); bf16 or fp16 autocast "
+        "(fp16 with a gradient scaler); fp8 (Hopper-class GPUs only, refused elsewhere).",
+    )
+    strategy: Strategy = Field("ddp", description="Data parallelism: ddp (replicated) or fsdp (FSDP2, sharded).")
+    compression: CompressionSpec = Field(default_factory=CompressionSpec, description="Gradient compression.")
+    checkpoint: CheckpointSpec | None = Field(
+        None, description="Checkpoint storage and cadence. Without it, a restart begins training from step 0."
+    )
+    failure_policy: FailurePolicy = Field(default_factory=FailurePolicy, description="Restart cap and retryable failures.")
+    active_deadline_seconds: int | None = Field(
+        None, ge=1, description="Fail the job if it runs longer than this, counted from its start."
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        None, ge=0, description="Delete the job this long after it Succeeded or Failed. Unset keeps it."
+    )
+    keep_pods: Literal["None", "Failed", "All"] = Field(
+        "Failed",
+        description="Worker pods kept after the job ends: None, Failed (for their logs), or All.",
+    )
+    suspend: bool = Field(
+        False, description="Delete the pods and keep the checkpoint; set back to false to resume. Kueue flips it to admit."
+    )
+    scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec, description="Placement and queueing.")
+    metrics: MetricsSpec = Field(default_factory=MetricsSpec, description="Trainer metrics endpoint.")
+
+    cel_rules = (
+        Rule(
+            "self.strategy == 'ddp' || self.compression.type != 'powersgd'",
+            "spec.compression.type powersgd needs spec.strategy ddp (FSDP compresses through its reduce dtype: use fp16 or bf16)",
+            lambda s: s.strategy == "ddp" or s.compression.type != "powersgd",
+        ),
+        Rule(
+            "self.precision != 'fp8' || self.container.gpusPerReplica > 0",
+            "spec.precision fp8 needs GPUs: set spec.container.gpusPerReplica (fp8 runs on Hopper-class GPUs only)",
+            lambda s: s.precision != "fp8" or s.container.gpus_per_replica > 0,
+        ),
+    )
+
+
+class Condition(ApiModel):
+    """A condition in the Kubernetes convention."""
+
+    type: str = Field(..., max_length=316, description="Running, Succeeded, Failed, Suspended, Restarting, Scaling, Admitted or Schedulable.")
+    status: Literal["True", "False", "Unknown"] = Field(..., description="True, False or Unknown.")
+    reason: str = Field("", max_length=1024, description="CamelCase reason, e.g. NodeLost, OOMKilled, InsufficientCapacity.")
+    message: str = Field("", max_length=32768, description="Human-readable details.")
+    last_transition_time: datetime | None = Field(None, description="When status last changed.")
+    observed_generation: int | None = Field(None, ge=0, description="The spec generation this condition reflects.")
+
+
+class Throughput(ApiModel):
+    """The latest throughput read from the trainer's metrics."""
+
+    tokens_per_second: float | None = Field(None, ge=0, description="Job-wide tokens per second.")
+    samples_per_second: float | None = Field(None, ge=0, description="Job-wide samples per second.")
+    step: int | None = Field(None, ge=0, description="Job-wide optimizer step.")
+    observed_time: datetime | None = Field(None, description="When these figures were read.")
+
+
+class ScalingEvent(ApiModel):
+    """The last scaling decision."""
+
+    time: datetime | None = Field(None, description="When the operator decided.")
+    from_replicas: int | None = Field(None, ge=0, description="Replicas before.")
+    to_replicas: int | None = Field(None, ge=0, description="Replicas after.")
+    reason: str = Field("", description="Why, e.g. NodeLost, CapacityAvailable, BelowMinimum.")
+
+
+class TrainingJobStatus(ApiModel):
+    """The observed state of the job, written by the operator."""
+
+    phase: Phase | None = Field(None, description="Pending, Running, Restarting, Scaling, Suspended, Succeeded or Failed.")
+    conditions: list[Condition] | None = Field(
+        None,
+        description="Conditions in the Kubernetes convention.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    observed_generation: int | None = Field(None, ge=0, description="The spec generation the operator last acted on.")
+    desired_replicas: int | None = Field(None, ge=0, description="Replicas the operator wants now (between min and max, as capacity allows).")
+    current_replicas: int | None = Field(None, ge=0, description="Worker pods that exist and are not finished.")
+    ready_replicas: int | None = Field(None, ge=0, description="Worker pods that are Running and ready.")
+    world_size: int | None = Field(None, ge=0, description="Training processes: ready replicas × processes per replica.")
+    restarts: int | None = Field(None, ge=0, description="Restarts used, out of spec.failurePolicy.maxRestarts.")
+    start_time: datetime | None = Field(None, description="When the job first ran.")
+    completion_time: datetime | None = Field(None, description="When the job Succeeded or Failed.")
+    throughput: Throughput | None = Field(None, description="Latest throughput, read from the trainer's metrics.")
+    last_scaling: ScalingEvent | None = Field(None, description="The last scaling decision.")
+    rendezvous_id: str | None = Field(None, description="The torchrun rendezvous id of this job.")
+    selector: str | None = Field(None, description="Label selector of the worker pods (for the scale subresource).")
+
+
+class ObjectMeta(ApiModel):
+    """The part of ObjectMeta a manifest carries; the apiserver owns the rest."""
+
+    model_config = ApiModel.model_config | {"extra": "allow"}
+
+    name: str = Field(
+        ...,
+        max_length=MAX_JOB_NAME_LENGTH,
+        pattern=r"^[a-z]([-a-z0-9]*[a-z0-9])?$",
+        description="Job name: a DNS-1035 label of at most 52 characters (it prefixes pod and Service names).",
+    )
+    namespace: str | None = None
+    labels: dict[str, str] | None = None
+    annotations: dict[str, str] | None = None
+
+
+class TrainingJob(ApiModel):
+    """An elastic PyTorch training job: torchrun workers between min and max replicas, with
+    precision, gradient compression, checkpoints and throughput metrics."""
+
+    api_version: Literal["kubetrain.dev/v1alpha1"] = Field(API_VERSION, description="kubetrain.dev/v1alpha1")
+    kind: Literal["TrainingJob"] = Field(KIND, description="TrainingJob")
+    metadata: ObjectMeta
+    spec: TrainingJobSpec = Field(default_factory=TrainingJobSpec, description="Desired state.")
+    status: TrainingJobStatus | None = Field(None, description="Observed state.")

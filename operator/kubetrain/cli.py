@@ -1,0 +1,75 @@
+"""The ``kubetrain`` command: generate the CRD, validate manifests, run a job locally."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from kubetrain.api.manifests import ManifestError, load_trainingjobs
+
+
+def _cmd_crds(args: argparse.Namespace) -> int:
+    from kubetrain.api.crd import render_crd, write_crds
+
+    if args.stdout:
+        sys.stdout.write(render_crd())
+        return 0
+    for path in write_crds(Path(args.repo_root)):
+        print(f"wrote {path}")
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    failed = False
+    for path in args.files:
+        try:
+            for job in load_trainingjobs(path):
+                print(f"{path}: TrainingJob {job.metadata.name} is valid")
+        except ManifestError as exc:
+            print(exc, file=sys.stderr)
+            failed = True
+    return 1 if failed else 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    try:
+        job = load_trainingjobs(args.manifest)[0]
+    except ManifestError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    # Imported late: the local runner needs the trainer extra (torch).
+    from kubetrain.local_run import run_locally
+
+    return run_locally(job, replicas=args.replicas, max_steps=args.max_steps, workdir=args.workdir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kubetrain", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    crds = sub.add_parser("crds", help="write the CRD generated from the API models into crds/ and the chart")
+    crds.add_argument("--repo-root", default=".", help="repository root (default: .)")
+    crds.add_argument("--stdout", action="store_true", help="print the CRD instead of writing files")
+    crds.set_defaults(func=_cmd_crds)
+
+    validate = sub.add_parser("validate", help="validate TrainingJob manifests with the API models")
+    validate.add_argument("files", nargs="+")
+    validate.set_defaults(func=_cmd_validate)
+
+    run = sub.add_parser("run", help="run a TrainingJob manifest on this machine with torchrun")
+    run.add_argument("manifest")
+    run.add_argument("--replicas", type=int, default=None, help="local replicas (default: the spec's max, at most 2)")
+    run.add_argument("--max-steps", type=int, default=None, help="override spec.trainer.maxSteps")
+    run.add_argument("--workdir", default=None, help="checkpoints and logs (default: a new temp dir)")
+    run.set_defaults(func=_cmd_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""Build the local control plane's binaries from the Go module proxy.
+
+kind, k3d and setup-envtest need Docker or downloads this machine cannot make,
+so every component is compiled from source with the local Go toolchain and
+cached under ``~/.cache/kubetrain/<tool>-<version>/bin`` (override with
+``KUBETRAIN_CACHE``). A warm cache does no build work at all.
+
+k8s.io/kubernetes and etcd's server module point their sibling modules at
+local paths with ``replace`` directives, which ``go install`` refuses. We build
+them through a throw-away wrapper module that requires the real module and
+replaces each sibling with its published tag (the scheduler-plugins recipe).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from kubetrain.devcluster import versions
+
+log = logging.getLogger("kubetrain.devcluster.build")
+
+KUBE_COMMANDS = ("kube-apiserver", "kube-scheduler", "kube-controller-manager")
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("KUBETRAIN_CACHE", Path.home() / ".cache" / "kubetrain"))
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    version: str
+    binaries: tuple[str, ...]
+
+    @property
+    def bin_dir(self) -> Path:
+        return cache_root() / f"{self.name}-{self.version}" / "bin"
+
+    def is_built(self) -> bool:
+        return all((self.bin_dir / b).is_file() for b in self.binaries)
+
+
+COMPONENTS = {
+    "kubernetes": Component("kubernetes", versions.KUBERNETES, KUBE_COMMANDS),
+    "etcd": Component("etcd", versions.ETCD, ("etcd",)),
+    "kwok": Component("kwok", versions.KWOK, ("kwok",)),
+    "helm": Component("helm", versions.HELM, ("helm",)),
+    "kubeconform": Component("kubeconform", versions.KUBECONFORM, ("kubeconform",)),
+}
+
+
+def binary(tool: str) -> Path:
+    """Path of a built binary, by binary name (``kube-apiserver``, ``etcd``, ...)."""
+    for comp in COMPONENTS.values():
+        if tool in comp.binaries:
+            return comp.bin_dir / tool
+    raise KeyError(tool)
+
+
+def _go_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(GOTOOLCHAIN="local", CGO_ENABLED="0", GOFLAGS="-mod=mod")
+    return env
+
+
+def _go(args: list[str], cwd: Path, extra_env: dict[str, str] | None = None) -> str:
+    env = _go_env()
+    env.update(extra_env or {})
+    log.info("go %s (in %s)", " ".join(args), cwd)
+    proc = subprocess.run(["go", *args], cwd=cwd, env=env, text=True, capture_output=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"go {' '.join(args)} failed:\n{proc.stderr[-4000:]}")
+    return proc.stdout
+
+
+def _module_gomod(module: str, version: str, cwd: Path) -> str:
+    info = json.loads(_go(["mod", "download", "-json", f"{module}@{version}"], cwd))
+    return Path(info["GoMod"]).read_text()
+
+
+_REPLACE_LOCAL = re.compile(r"^\s*(?:replace\s+)?(\S+)\s+=>\s+\.\.?/\S*\s*$", re.M)
+
+
+def wrapper_gomod(module: str, version: str, upstream_gomod: str, sibling_version) -> str:
+    """go.mod of a module that builds ``module@version`` with its local replaces pinned.
+
+    ``sibling_version`` maps each locally replaced module path to the published
+    tag that stands in for it.
+    """
+    go_line = re.search(r"^go\s+(\S+)", upstream_gomod, re.M)
+    godebug = re.findall(r"^godebug\s+.*$", upstream_gomod, re.M)
+    godebug_block = re.search(r"^godebug\s*\((.*?)^\)", upstream_gomod, re.M | re.S)
+    lines = ["module kubetrain.dev/devcluster/build", "", f"go {go_line.group(1) if go_line else '1.26'}", ""]
+    lines += godebug
+    if godebug_block:
+        lines += ["godebug (", godebug_block.group(1).rstrip(), ")"]
+    lines += ["", f"require {module} {version}", ""]
+    for sibling in sorted(set(_REPLACE_LOCAL.findall(upstream_gomod))):
+        lines.append(f"replace {sibling} => {sibling} {sibling_version(sibling)}")
+    return "\n".join(lines) + "\n"
+
+
+def _build_wrapped(comp: Component, module: str, packages: dict[str, str], sibling_version, ldflags: str) -> None:
+    work = cache_root() / "build" / f"{comp.name}-{comp.version}"
+    work.mkdir(parents=True, exist_ok=True)
+    upstream = _module_gomod(module, comp.version, work)
+    (work / "go.mod").write_text(wrapper_gomod(module, comp.version, upstream, sibling_version))
+    _go(["mod", "download", module], work)
+    comp.bin_dir.mkdir(parents=True, exist_ok=True)
+    for out, pkg in packages.items():
+        _go(["build", "-trimpath", "-tags", "selinux,notest", "-ldflags", ldflags,
+             "-o", str(comp.bin_dir / out), pkg], work)
+
+
+def _version_ldflags(version: str) -> str:
+    major, minor = version.lstrip("v").split(".")[:2]
+    flags = ["-s", "-w"]
+    for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
+        flags += [f"-X {pkg}.gitVersion={version}", f"-X {pkg}.gitMajor={major}",
+                  f"-X {pkg}.gitMinor={minor}", f"-X {pkg}.gitTreeState=clean"]
+    return " ".join(flags)
+
+
+def build_kubernetes(comp: Component) -> None:
+    staging_tag = "v0." + comp.version.lstrip("v").split(".", 1)[1]
+    _build_wrapped(
+        comp,
+        "k8s.io/kubernetes",
+        {cmd: f"k8s.io/kubernetes/cmd/{cmd}" for cmd in comp.binaries},
+        lambda sibling: staging_tag,
+        _version_ldflags(comp.version),
+    )
+
+
+def build_etcd(comp: Component) -> None:
+    _build_wrapped(
+        comp,
+        "go.etcd.io/etcd/server/v3",
+        {"etcd": "go.etcd.io/etcd/server/v3"},
+        lambda sibling: comp.version,
+        "-s -w",
+    )
+
+
+def _go_install(comp: Component, pkg: str, ldflags: str = "-s -w") -> None:
+    comp.bin_dir.mkdir(parents=True, exist_ok=True)
+    _go(["install", "-trimpath", "-ldflags", ldflags, f"{pkg}@{comp.version}"], cache_root(),
+        {"GOBIN": str(comp.bin_dir), "GOFLAGS": ""})
+
+
+def build_helm(comp: Component) -> None:
+    # Without these, helm believes the cluster is an old Kubernetes and
+    # `helm template` renders against the wrong API versions.
+    major, minor = versions.KUBERNETES.lstrip("v").split(".")[:2]
+    ldflags = ("-s -w -X helm.sh/helm/v3/internal/version.version=" + comp.version +
+               f" -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor={major}"
+               f" -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor={minor}")
+    _go_install(comp, "helm.sh/helm/v3/cmd/helm", ldflags)
+
+
+BUILDERS = {
+    "kubernetes": build_kubernetes,
+    "etcd": build_etcd,
+    "kwok": lambda c: _go_install(c, "sigs.k8s.io/kwok/cmd/kwok"),
+    "helm": build_helm,
+    "kubeconform": lambda c: _go_install(c, "github.com/yannh/kubeconform/cmd/kubeconform"),
+}
+
+
+def ensure(names: list[str] | None = None) -> dict[str, str]:
+    """Build whatever is missing; return {component: error} for those that failed.
+
+    A component that cannot be built does not stop the others: the caller
+    decides which tests can still run.
+    """
+    failures: dict[str, str] = {}
+    for name in names or list(COMPONENTS):
+        comp = COMPONENTS[name]
+        if comp.is_built():
+            log.info("%s %s: cached in %s", name, comp.version, comp.bin_dir)
+            continue
+        if shutil.which("go") is None:
+            failures[name] = "the Go toolchain is not on PATH"
+            continue
+        log.info("%s %s: building (cold builds of kubernetes take tens of minutes)", name, comp.version)
+        try:
+            BUILDERS[name](comp)
+        except Exception as exc:  # noqa: BLE001 - reported per component, never fatal for the rest
+            failures[name] = str(exc)
+            log.error("%s %s: build failed: %s", name, comp.version, exc)
+    return failures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("components", nargs="*", choices=[*COMPONENTS, []], help="default: all")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    failures = ensure(args.components or None)
+    for name, err in failures.items():
+        print(f"FAILED {name}: {err}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,7 @@
+"""Pinned versions of the local control plane's components: one place to bump them."""
+
+KUBERNETES = "v1.36.3"
+ETCD = "v3.6.16"
+KWOK = "v0.8.0"
+HELM = "v3.21.4"
+KUBECONFORM = "v0.7.0"

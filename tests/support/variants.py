@@ -1,0 +1,36 @@
+"""The examples and the invalid variants, shared by unit and integration tests."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
+_VARIANTS = yaml.safe_load((REPO / "tests" / "data" / "invalid-variants.yaml").read_text())
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text())
+
+
+def merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """JSON merge patch (RFC 7386): dicts merge, None deletes, anything else replaces."""
+    out = copy.deepcopy(base)
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def invalid_variants() -> list[tuple[str, dict[str, Any], str]]:
+    """(name, manifest, field its error must name) for every invalid variant."""
+    base = load_yaml(REPO / "examples" / "minimal.yaml")
+    return [(v["name"], merge(base, v["patch"]), v["field"]) for v in _VARIANTS]
