@@ -22,9 +22,10 @@ KIND = "TrainingJob"
 PLURAL = "trainingjobs"
 API_VERSION = f"{GROUP}/{VERSION}"
 
-# Pods are named <job>-worker-<index> and the store Service <job>-rdzv: a job
+# Pods are named <job>-w<slot>-<attempt> (slot < 1024, attempt <= 1001) and the
+# store Service <job>-rdzv: a job
 # name longer than this would overflow the 63-character DNS label.
-MAX_JOB_NAME_LENGTH = 52
+MAX_JOB_NAME_LENGTH = 50
 
 Precision = Literal["fp32", "tf32", "bf16", "fp16", "fp8"]
 Strategy = Literal["ddp", "fsdp"]
@@ -453,7 +454,7 @@ class ObjectMeta(ApiModel):
         ...,
         max_length=MAX_JOB_NAME_LENGTH,
         pattern=r"^[a-z]([-a-z0-9]*[a-z0-9])?$",
-        description="Job name: a DNS-1035 label of at most 52 characters (it prefixes pod and Service names).",
+        description="Job name: a DNS-1035 label of at most 50 characters (it prefixes pod and Service names).",
     )
     namespace: str | None = None
     labels: dict[str, str] | None = None

@@ -87,7 +87,9 @@ def _module_gomod(module: str, version: str, cwd: Path) -> str:
     return Path(info["GoMod"]).read_text()
 
 
-_REPLACE_LOCAL = re.compile(r"^\s*(?:replace\s+)?(\S+)\s+=>\s+\.\.?/\S*\s*$", re.M)
+# Sibling modules: k8s.io/kubernetes's ./staging/... and etcd's ../api etc. Not
+# etcd's "=> ./FORBIDDEN_DEPENDENCY" guards, which only block bad imports.
+_REPLACE_LOCAL = re.compile(r"^\s*(?:replace\s+)?(\S+)\s+=>\s+(?:\.\./|\./staging/)\S*\s*$", re.M)
 
 
 def wrapper_gomod(module: str, version: str, upstream_gomod: str, sibling_version) -> str:
@@ -191,7 +193,7 @@ def ensure(names: list[str] | None = None) -> dict[str, str]:
         if shutil.which("go") is None:
             failures[name] = "the Go toolchain is not on PATH"
             continue
-        log.info("%s %s: building (cold builds of kubernetes take tens of minutes)", name, comp.version)
+        log.info("%s %s: building", name, comp.version)
         try:
             BUILDERS[name](comp)
         except Exception as exc:  # noqa: BLE001 - reported per component, never fatal for the rest

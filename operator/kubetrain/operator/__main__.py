@@ -1,0 +1,31 @@
+"""``python -m kubetrain.operator``: run the operator against the cluster in KUBECONFIG (or in-cluster)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import kopf
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m kubetrain.operator", description=__doc__)
+    parser.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="Kopf's liveness endpoint")
+    parser.add_argument("--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    from kubetrain.operator import handlers  # registers the handlers
+
+    cfg = handlers.CONFIG
+    kopf.run(
+        clusterwide=not cfg.namespaces,
+        namespaces=cfg.namespaces,
+        standalone=cfg.standalone,
+        peering_name=cfg.peering_name,
+        liveness_endpoint=args.liveness,
+    )
+
+
+if __name__ == "__main__":
+    main()

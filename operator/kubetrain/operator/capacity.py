@@ -1,0 +1,85 @@
+"""How many more replicas of a job fit on the GPU nodes now: the scheduler's GPU arithmetic, simplified.
+
+The estimate decides whether to start a gang at all (never below min), so it
+only needs to be right about GPUs, node readiness, node selectors and taints;
+kube-scheduler still places every pod and corrects anything finer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubetrain.api.models import TrainingJobSpec
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    name: str
+    labels: dict[str, str] = field(default_factory=dict)
+    taints: tuple[dict[str, Any], ...] = ()
+    allocatable_gpus: int = 0
+    ready: bool = True
+    unschedulable: bool = False
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], gpu_resource: str = "nvidia.com/gpu") -> "NodeInfo":
+        status = body.get("status") or {}
+        spec = body.get("spec") or {}
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+        alloc = (status.get("allocatable") or {}).get(gpu_resource, 0)
+        return cls(
+            name=body["metadata"]["name"],
+            labels=dict(body["metadata"].get("labels") or {}),
+            taints=tuple(spec.get("taints") or ()),
+            allocatable_gpus=int(alloc),
+            ready=ready,
+            unschedulable=bool(spec.get("unschedulable")),
+        )
+
+
+def _tolerates(taint: dict[str, Any], tolerations: list[dict[str, Any]]) -> bool:
+    if taint.get("effect") == "PreferNoSchedule":
+        return True
+    for tol in tolerations:
+        if tol.get("effect") and tol["effect"] != taint.get("effect"):
+            continue
+        if tol.get("operator") == "Exists" and (not tol.get("key") or tol["key"] == taint.get("key")):
+            return True
+        if tol.get("key") == taint.get("key") and tol.get("value", "") == taint.get("value", ""):
+            return True
+    return False
+
+
+def eligible(node: NodeInfo, spec: TrainingJobSpec) -> bool:
+    selector = spec.scheduling.node_selector or {}
+    if any(node.labels.get(k) != v for k, v in selector.items()):
+        return False
+    tolerations = [t.to_k8s() for t in spec.scheduling.tolerations or []]
+    return all(_tolerates(t, tolerations) for t in node.taints)
+
+
+def placeable_replicas(spec: TrainingJobSpec, nodes: list[NodeInfo], gpus_used: dict[str, int]) -> int | None:
+    """Replicas that fit in the free GPUs now, or None for CPU jobs (left to the scheduler)."""
+    per = spec.container.gpus_per_replica
+    if per == 0:
+        return None
+    total = 0
+    for node in nodes:
+        if node.ready and not node.unschedulable and eligible(node, spec):
+            total += max(node.allocatable_gpus - gpus_used.get(node.name, 0), 0) // per
+    return total
+
+
+def fits_anywhere(spec: TrainingJobSpec, nodes: list[NodeInfo]) -> bool:
+    """Could one replica ever fit on some node, were it empty?"""
+    per = spec.container.gpus_per_replica
+    return per == 0 or any(eligible(n, spec) and n.allocatable_gpus >= per for n in nodes)
+
+
+def pod_gpus(pod_spec: dict[str, Any], gpu_resource: str = "nvidia.com/gpu") -> int:
+    total = 0
+    for c in pod_spec.get("containers") or []:
+        res = c.get("resources") or {}
+        total += int((res.get("limits") or {}).get(gpu_resource) or (res.get("requests") or {}).get(gpu_resource) or 0)
+    return total

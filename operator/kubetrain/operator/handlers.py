@@ -1,0 +1,213 @@
+"""Kopf handlers: thin, typed, and all delegating to ``reconcile``.
+
+Create, resume, update and a timer call the same level-triggered reconcile; the
+pods and nodes it needs come from Kopf's in-memory indexes (fed by watches), so
+a reconcile makes no reads in the steady state and writes only on a difference.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime, timezone
+from typing import Any
+
+import kopf
+from kubernetes import client, config
+from pydantic import ValidationError
+
+from kubetrain.api.base import format_errors
+from kubetrain.api.models import GROUP, PLURAL, VERSION, TrainingJob
+from kubetrain.operator import builders, capacity, naming, planner
+from kubetrain.operator.kube import Kube
+from kubetrain.operator.settings import OperatorConfig
+
+CONFIG = OperatorConfig.from_env()
+_locks: dict[str, threading.Lock] = {}
+_locks_guard = threading.Lock()
+_state: dict[str, Any] = {}
+
+
+def plain(obj: Any) -> Any:
+    """A deep plain-dict copy of a Kopf body (its views are live and not JSON-friendly)."""
+    if isinstance(obj, dict) or hasattr(obj, "keys"):
+        return {k: plain(obj[k]) for k in obj.keys()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    return obj
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any) -> None:
+    # Our API group for every annotation and finalizer Kopf writes.
+    settings.persistence.finalizer = naming.FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.posting.level = logging.INFO
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    # Sync handlers run in threads; reconciles of different jobs proceed in parallel.
+    settings.execution.max_workers = 8
+    settings.peering.name = CONFIG.peering_name
+    settings.peering.standalone = CONFIG.standalone
+    settings.peering.mandatory = not CONFIG.standalone
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    _state["kube"] = Kube(client.ApiClient())
+    logger.info("kubetrain operator: trainer image %s, namespaces %s", CONFIG.build.trainer_image, CONFIG.namespaces or "all")
+
+
+@kopf.index("pods", labels={naming.LABEL_JOB: kopf.PRESENT})
+def job_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[tuple[str, str], planner.PodView]:
+    return {(namespace, labels[naming.LABEL_JOB]): planner.PodView.from_body(plain(body))}
+
+
+@kopf.index("nodes")
+def gpu_nodes(name: str, body: kopf.Body, **_: Any) -> dict[str, capacity.NodeInfo]:
+    return {name: capacity.NodeInfo.from_body(plain(body), CONFIG.gpu_resource)}
+
+
+def _holds_gpus(spec: kopf.Spec, status: kopf.Status, **_: Any) -> bool:
+    return bool(spec.get("nodeName")) and status.get("phase") not in ("Succeeded", "Failed") and capacity.pod_gpus(plain(spec), CONFIG.gpu_resource) > 0
+
+
+@kopf.index("pods", when=_holds_gpus)
+def gpus_in_use(spec: kopf.Spec, **_: Any) -> dict[str, int]:
+    return {spec["nodeName"]: capacity.pod_gpus(plain(spec), CONFIG.gpu_resource)}
+
+
+def _lock(uid: str) -> threading.Lock:
+    with _locks_guard:
+        return _locks.setdefault(uid, threading.Lock())
+
+
+def _queued(body: dict[str, Any], job: TrainingJob) -> bool:
+    labels = body["metadata"].get("labels") or {}
+    return naming.KUEUE_QUEUE_LABEL in labels or bool(job.spec.scheduling.queue_name)
+
+
+def _observe(job: TrainingJob, body: dict[str, Any], kube: Kube, job_pods: kopf.Index, gpu_nodes: kopf.Index,
+             gpus_in_use: kopf.Index, memo: kopf.Memo) -> planner.Observed:
+    ns, name = body["metadata"]["namespace"], job.metadata.name
+    released: set[str] = memo.setdefault("released", set())
+    pods = []
+    for view in job_pods.get((ns, name), []):
+        if view.name in released:
+            # Our own release is not in the index yet: do not count it twice.
+            view = planner.PodView(**{**view.__dict__, "accounted": True, "tracked": False})
+        pods.append(view)
+    nodes = [n for store in gpu_nodes.values() for n in store]
+    used = {node: sum(store) for node, store in gpus_in_use.items()}
+    placeable = capacity.placeable_replicas(job.spec, nodes, used)
+    ckpt = job.spec.checkpoint
+    missing_pvc = None
+    if ckpt and ckpt.persistent_volume_claim and not kube.pvc_exists(ns, ckpt.persistent_volume_claim.claim_name):
+        missing_pvc = ckpt.persistent_volume_claim.claim_name
+    return planner.Observed(
+        pods=pods,
+        now=datetime.now(timezone.utc),
+        service_exists=_service_exists(kube, ns, naming.store_name(name), memo),
+        placeable=placeable,
+        fits_anywhere=capacity.fits_anywhere(job.spec, nodes) if nodes else job.spec.container.gpus_per_replica == 0,
+        missing_pvc=missing_pvc,
+        admitted=not _queued(body, job) or not job.spec.suspend,
+    )
+
+
+def _service_exists(kube: Kube, namespace: str, name: str, memo: kopf.Memo) -> bool:
+    # The Service never goes away while the job lives (it is owned by the job), so one look is enough.
+    if not memo.get("service"):
+        memo["service"] = kube.service_exists(namespace, name)
+    return memo["service"]
+
+
+def _execute(plan: planner.Plan, job: TrainingJob, body: dict[str, Any], kube: Kube, memo: kopf.Memo) -> None:
+    ns = body["metadata"]["namespace"]
+    if plan.create_service:
+        kube.create(builders.store_service(job, body))
+        memo["service"] = True
+    if plan.create_store:
+        kube.create(builders.store_pod(job, body, CONFIG.build))
+    for slot, attempt in plan.create_workers:
+        kube.create(builders.worker_pod(job, body, slot, attempt, CONFIG.build))
+    released: set[str] = memo.setdefault("released", set())
+    for name in dict.fromkeys(plan.release):
+        kube.release(ns, name)
+        released.add(name)
+    for name in dict.fromkeys(plan.delete):
+        kube.delete_pod(ns, name)
+    if plan.delete_job:
+        kube.delete_job(ns, job.metadata.name)
+
+
+def _status_changed(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in new.items() if old.get(k) != v}
+
+
+def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: logging.Logger,
+              job_pods: kopf.Index, gpu_nodes: kopf.Index, gpus_in_use: kopf.Index) -> None:
+    raw = plain(body)
+    if raw["metadata"].get("deletionTimestamp"):
+        return
+    try:
+        job = TrainingJob.model_validate({k: v for k, v in raw.items() if k != "status"} | {"metadata": {"name": raw["metadata"]["name"], "namespace": raw["metadata"]["namespace"]}})
+    except ValidationError as exc:
+        # Passed the CRD but not the models (e.g. an older CRD): say so once, never crash or loop.
+        message = "; ".join(format_errors(exc))
+        if (raw.get("status") or {}).get("phase") != "Failed":
+            patch.status.update(phase="Failed", conditions=[{"type": "Failed", "status": "True", "reason": "InvalidSpec",
+                                                              "message": message[:32768], "lastTransitionTime": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}])
+            kopf.warn(body, reason="InvalidSpec", message=message[:1024])
+        return
+    kube: Kube = _state["kube"]
+    if _queued(raw, job) and not (raw.get("status") or {}).get("phase") and not job.spec.suspend:
+        # What Kueue's webhook does for its own kinds: start suspended, Kueue admits by unsuspending.
+        patch.spec["suspend"] = True
+        if job.spec.scheduling.queue_name:
+            patch.metadata.setdefault("labels", {})[naming.KUEUE_QUEUE_LABEL] = job.spec.scheduling.queue_name
+        return
+    with _lock(raw["metadata"]["uid"]):
+        written: dict[str, Any] = memo.setdefault("status", {})
+        # Our last write may not be in this body yet: never step status backwards.
+        raw["status"] = {**(raw.get("status") or {}), **written}
+        obs = _observe(job, raw, kube, job_pods, gpu_nodes, gpus_in_use, memo)
+        result = planner.plan(job, raw, obs)
+        _execute(result, job, raw, kube, memo)
+        changes = _status_changed(raw["status"], result.status)
+        if changes:
+            patch.status.update(changes)
+            written.update(changes)
+        for etype, reason, message in result.events:
+            kopf.event(body, type=etype, reason=reason, message=message)
+        if result.delete_job:
+            logger.info("ttlSecondsAfterFinished elapsed: deleted the job")
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL)
+def on_change(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: logging.Logger, job_pods: kopf.Index,
+              gpu_nodes: kopf.Index, gpus_in_use: kopf.Index, **_: Any) -> None:
+    reconcile(body, patch, memo, logger, job_pods, gpu_nodes, gpus_in_use)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=CONFIG.reconcile_interval_seconds, initial_delay=1.0)
+def periodic(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: logging.Logger, job_pods: kopf.Index,
+             gpu_nodes: kopf.Index, gpus_in_use: kopf.Index, **_: Any) -> None:
+    reconcile(body, patch, memo, logger, job_pods, gpu_nodes, gpus_in_use)
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL)
+def on_delete(name: str, namespace: str, uid: str, logger: logging.Logger, **_: Any) -> None:
+    """Leave nothing behind: release our tracking finalizers so garbage collection can finish."""
+    kube: Kube = _state["kube"]
+    for pod in kube.job_pods(namespace, name):
+        kube.release(namespace, pod["metadata"]["name"])
+        kube.delete_pod(namespace, pod["metadata"]["name"])
+    with _locks_guard:
+        _locks.pop(uid, None)
+    logger.info("deleted: pods released for garbage collection")

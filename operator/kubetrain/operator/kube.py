@@ -1,0 +1,93 @@
+"""The few Kubernetes API calls the operator makes, each idempotent."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from kubetrain.api.models import GROUP, PLURAL, VERSION
+from kubetrain.operator import naming
+
+log = logging.getLogger("kubetrain.operator")
+
+
+class Kube:
+    def __init__(self, api: client.ApiClient):
+        self.core = client.CoreV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+
+    def create(self, manifest: dict[str, Any]) -> bool:
+        """Create a Pod or Service; False if it already exists (an earlier attempt did it)."""
+        ns = manifest["metadata"]["namespace"]
+        try:
+            if manifest["kind"] == "Pod":
+                self.core.create_namespaced_pod(ns, manifest)
+            else:
+                self.core.create_namespaced_service(ns, manifest)
+            return True
+        except ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise
+
+    def release(self, namespace: str, name: str) -> None:
+        """Mark a pod accounted for and drop our tracking finalizer (one atomic patch)."""
+        try:
+            pod = self.core.read_namespaced_pod(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return
+            raise
+        finalizers = [f for f in pod.metadata.finalizers or [] if f != naming.TRACKING_FINALIZER]
+        patch = {
+            "metadata": {
+                # Optimistic concurrency: fail (and retry next round) if the pod changed.
+                "resourceVersion": pod.metadata.resource_version,
+                "finalizers": finalizers,
+                "annotations": {naming.ANNOTATION_ACCOUNTED: "true"},
+            }
+        }
+        try:
+            self.core.patch_namespaced_pod(name, namespace, patch)
+        except ApiException as exc:
+            if exc.status not in (404, 409):
+                raise
+
+    def delete_pod(self, namespace: str, name: str) -> None:
+        try:
+            self.core.delete_namespaced_pod(name, namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def service_exists(self, namespace: str, name: str) -> bool:
+        try:
+            self.core.read_namespaced_service(name, namespace)
+            return True
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+
+    def pvc_exists(self, namespace: str, name: str) -> bool:
+        try:
+            self.core.read_namespaced_persistent_volume_claim(name, namespace)
+            return True
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+
+    def delete_job(self, namespace: str, name: str) -> None:
+        try:
+            self.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def job_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
+        pods = self.core.list_namespaced_pod(namespace, label_selector=f"{naming.LABEL_JOB}={job}")
+        return [self.core.api_client.sanitize_for_serialization(p) for p in pods.items]

@@ -1,0 +1,389 @@
+"""Level-triggered reconcile, as a pure function: what exists now -> what to do, and the status.
+
+``plan`` compares the desired state (the spec) with the observed one (pods, the
+store, capacity) and returns a ``Plan``. It performs no I/O, so every elastic and
+lifecycle rule is unit-tested without a cluster, and running it twice on the same
+observation gives the same plan: an operator restarted at any moment converges
+to the same pods. Worker pods are named ``<job>-w<slot>-<attempt>``, so a create
+is idempotent (a 409 means it already happened).
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from kubetrain.api.models import TrainingJob
+from kubetrain.operator import naming
+from kubetrain.operator.failures import Failure, classify, image_pull_problem
+
+TERMINAL = ("Succeeded", "Failed")
+# A gang held below min for this long is released so another job can run;
+# the job's uid spreads the release over another interval of the same length,
+# so two jobs stuck on the same GPUs do not release (and retry) in lockstep.
+GANG_RELEASE_SECONDS = 60.0
+IMAGE_PULL_GRACE_SECONDS = 300.0
+
+
+@dataclass(frozen=True)
+class PodView:
+    """What the planner needs to know about one of the job's pods."""
+
+    name: str
+    role: str
+    slot: int
+    attempt: int
+    phase: str
+    ready: bool
+    node: str | None
+    deleting: bool
+    accounted: bool
+    tracked: bool
+    unschedulable: bool
+    created: datetime | None
+    body: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
+
+    @property
+    def active(self) -> bool:
+        return not self.deleting and self.phase not in ("Succeeded", "Failed")
+
+    @property
+    def ended_badly(self) -> bool:
+        return self.phase == "Failed" or (self.deleting and self.phase != "Succeeded")
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> "PodView":
+        meta = body["metadata"]
+        labels = meta.get("labels") or {}
+        status = body.get("status") or {}
+        conditions = status.get("conditions") or []
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+        unschedulable = any(
+            c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable"
+            for c in conditions
+        )
+        created = meta.get("creationTimestamp")
+        return cls(
+            name=meta["name"],
+            role=labels.get(naming.LABEL_ROLE, ""),
+            slot=int(labels.get(naming.LABEL_SLOT, -1)),
+            attempt=int(labels.get(naming.LABEL_ATTEMPT, 0)),
+            phase=status.get("phase", "Pending"),
+            ready=ready,
+            node=(body.get("spec") or {}).get("nodeName"),
+            deleting=bool(meta.get("deletionTimestamp")),
+            accounted=(meta.get("annotations") or {}).get(naming.ANNOTATION_ACCOUNTED) == "true",
+            tracked=naming.TRACKING_FINALIZER in (meta.get("finalizers") or []),
+            unschedulable=unschedulable,
+            created=_parse_time(created) if isinstance(created, str) else created,
+            body=body,
+        )
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Everything the planner sees besides the job itself."""
+
+    pods: list[PodView]
+    now: datetime
+    service_exists: bool = True
+    placeable: int | None = None  # more replicas that fit now; None: unknown (CPU jobs)
+    fits_anywhere: bool = True
+    missing_pvc: str | None = None
+    admitted: bool = True  # False while a Kueue-queued job waits for admission
+
+
+@dataclass
+class Plan:
+    create_service: bool = False
+    create_store: bool = False
+    create_workers: list[tuple[int, int]] = field(default_factory=list)  # (slot, attempt)
+    # Pods to account for: drop the tracking finalizer and mark them accounted.
+    release: list[str] = field(default_factory=list)
+    delete: list[str] = field(default_factory=list)  # released first, then deleted
+    delete_job: bool = False
+    status: dict[str, Any] = field(default_factory=dict)
+    events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
+
+
+def _parse_time(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def _iso(t: datetime) -> str:
+    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class _Status:
+    """Builds the status patch, keeping conditions' lastTransitionTime honest."""
+
+    def __init__(self, job: TrainingJob, old: dict[str, Any], now: datetime, generation: int):
+        self.old = old
+        self.now = now
+        self.generation = generation
+        self.patch: dict[str, Any] = {"observedGeneration": generation}
+        self.conditions = {c["type"]: dict(c) for c in old.get("conditions") or []}
+
+    def set(self, **fields: Any) -> None:
+        self.patch.update(fields)
+
+    def condition(self, ctype: str, status: bool, reason: str, message: str) -> None:
+        value = "True" if status else "False"
+        prev = self.conditions.get(ctype)
+        since = prev["lastTransitionTime"] if prev and prev.get("status") == value and prev.get("lastTransitionTime") else _iso(self.now)
+        self.conditions[ctype] = {
+            "type": ctype,
+            "status": value,
+            "reason": reason,
+            "message": message,
+            "lastTransitionTime": since,
+            "observedGeneration": self.generation,
+        }
+
+    def true_since(self, ctype: str) -> datetime | None:
+        cond = self.conditions.get(ctype)
+        if cond and cond.get("status") == "True" and cond.get("lastTransitionTime"):
+            return _parse_time(cond["lastTransitionTime"])
+        return None
+
+    def build(self) -> dict[str, Any]:
+        order = ["Running", "Succeeded", "Failed", "Suspended", "Restarting", "Scaling", "Schedulable", "Admitted"]
+        self.patch["conditions"] = sorted(self.conditions.values(), key=lambda c: order.index(c["type"]) if c["type"] in order else 99)
+        return self.patch
+
+
+def _finish(plan: Plan, st: _Status, phase: str, reason: str, message: str) -> None:
+    st.set(phase=phase, completionTime=_iso(st.now))
+    st.condition(phase, True, reason, message)
+    st.condition("Running", False, reason, message)
+    plan.events.append(("Normal" if phase == "Succeeded" else "Warning", reason, message))
+
+
+def _retire(plan: Plan, pods: list[PodView]) -> None:
+    """Pods the operator removes on purpose: accounted, so they never count as failures."""
+    for p in pods:
+        if p.tracked or not p.accounted:
+            plan.release.append(p.name)
+        if not p.deleting:
+            plan.delete.append(p.name)
+
+
+def _retire_after_end(plan: Plan, job: TrainingJob, workers: list[PodView], store: list[PodView]) -> None:
+    keep = job.spec.keep_pods
+    gone = [
+        p
+        for p in workers
+        if p.active or keep == "None" or (keep == "Failed" and p.phase == "Succeeded")
+    ]
+    _retire(plan, gone + store)
+    # Kept pods still drop the tracking finalizer: nothing is left to account.
+    plan.release.extend(p.name for p in workers if p not in gone and p.tracked)
+
+
+def plan(job: TrainingJob, body: dict[str, Any], obs: Observed) -> Plan:
+    spec = job.spec
+    old = body.get("status") or {}
+    now = obs.now
+    st = _Status(job, old, now, body["metadata"].get("generation", 0))
+    result = Plan()
+    workers = [p for p in obs.pods if p.role == naming.ROLE_WORKER]
+    store = [p for p in obs.pods if p.role == naming.ROLE_STORE]
+    restarts = int(old.get("restarts") or 0)
+    phase = old.get("phase")
+
+    # Finished: clean up, honour the TTL, and do nothing else.
+    if phase in TERMINAL:
+        _retire_after_end(result, job, workers, store)
+        ttl = spec.ttl_seconds_after_finished
+        done = old.get("completionTime")
+        if ttl is not None and done and _parse_time(done) + timedelta(seconds=ttl) <= now:
+            result.delete_job = True
+        result.status = st.build()
+        return result
+
+    # Suspended (by the user, or waiting for Kueue): no pods, checkpoint kept.
+    if spec.suspend or not obs.admitted:
+        reason = "Suspended" if spec.suspend else "WaitingForAdmission"
+        msg = "spec.suspend is true: pods deleted, checkpoints kept" if spec.suspend else "waiting for Kueue to admit the job"
+        _retire(result, [p for p in workers if not p.accounted or p.tracked or p.active] + store)
+        if phase != "Suspended":
+            result.events.append(("Normal", reason, msg))
+        st.set(phase="Suspended", currentReplicas=0, readyReplicas=0, worldSize=0, desiredReplicas=0)
+        st.condition("Suspended", True, reason, msg)
+        st.condition("Running", False, reason, msg)
+        # As for a Kubernetes Job, the deadline restarts on resume.
+        st.set(startTime=None)
+        result.status = st.build()
+        return result
+    if st.conditions.get("Suspended", {}).get("status") == "True":
+        st.condition("Suspended", False, "Resumed", "spec.suspend is false")
+        result.events.append(("Normal", "Resumed", "recreating pods; training resumes from the latest checkpoint"))
+
+    # Deadline.
+    start = old.get("startTime")
+    if spec.active_deadline_seconds and start and _parse_time(start) + timedelta(seconds=spec.active_deadline_seconds) <= now:
+        _finish(result, st, "Failed", "DeadlineExceeded", f"the job ran longer than spec.activeDeadlineSeconds={spec.active_deadline_seconds}")
+        _retire_after_end(result, job, workers, store)
+        result.status = st.build()
+        return result
+
+    # Account for every worker that ended badly, exactly once.
+    for p in workers:
+        if p.phase == "Succeeded" and p.tracked:
+            result.release.append(p.name)
+        if not p.ended_badly or p.accounted:
+            continue
+        failure = classify(p.body)
+        result.release.append(p.name)
+        if not failure.retryable(spec.failure_policy.retry_on):
+            msg = f"worker {p.name}: {failure.reason}: {failure.message} (not in spec.failurePolicy.retryOn)"
+            _finish(result, st, "Failed", failure.reason, msg)
+            _retire_after_end(result, job, [w for w in workers if w is not p], store)
+            result.status = st.build() | {"restarts": restarts}
+            return result
+        restarts += 1
+        if restarts > spec.failure_policy.max_restarts:
+            msg = (f"restart limit spec.failurePolicy.maxRestarts={spec.failure_policy.max_restarts} exceeded; "
+                   f"last failure: worker {p.name}: {failure.reason}: {failure.message}")
+            _finish(result, st, "Failed", "RestartLimitExceeded", msg)
+            _retire_after_end(result, job, [w for w in workers if w is not p], store)
+            result.status = st.build() | {"restarts": restarts}
+            return result
+        st.condition("Restarting", True, failure.reason, f"worker {p.name}: {failure.message}")
+        result.events.append(("Warning", failure.reason, f"worker {p.name} ended: {failure.message}; restart {restarts} of {spec.failure_policy.max_restarts}"))
+    st.set(restarts=restarts)
+
+    # Image pull problems that persist are configuration errors.
+    for p in workers:
+        problem = image_pull_problem(p.body) if p.active else None
+        if problem and p.created and (now - p.created).total_seconds() > IMAGE_PULL_GRACE_SECONDS:
+            _finish(result, st, "Failed", problem.reason, f"worker {p.name}: {problem.message}")
+            _retire_after_end(result, job, workers, store)
+            result.status = st.build()
+            return result
+
+    active = [p for p in workers if p.active]
+    ready = [p for p in active if p.ready]
+    succeeded = [p for p in workers if p.phase == "Succeeded"]
+
+    # Success: training finished when agents exited 0 and none is left running.
+    if succeeded:
+        if not active:
+            _finish(result, st, "Succeeded", "TrainingFinished", f"all {len(succeeded)} agents exited 0")
+            _retire_after_end(result, job, workers, store)
+        else:
+            st.set(phase="Running", currentReplicas=len(active), readyReplicas=len(ready))
+        result.status = st.build()
+        return result
+
+    # The store and its Service come first: agents cannot rendezvous without them.
+    result.create_service = not obs.service_exists
+    live_store = [p for p in store if p.active]
+    result.create_store = not live_store
+    _retire(result, [p for p in store if not p.active and p.phase != "Pending"])
+
+    desired, reason, message = _desired_replicas(job, obs, active, st)
+    nproc = spec.container.nproc()
+
+    occupied = {p.slot for p in active}
+    next_attempt: dict[int, int] = {}
+    for p in workers:
+        next_attempt[p.slot] = max(next_attempt.get(p.slot, 0), p.attempt + 1)
+    free = [s for s in range(spec.replicas.max) if s not in occupied]
+    to_add = max(desired - len(active), 0)
+    result.create_workers = [(s, next_attempt.get(s, 0)) for s in free[:to_add]]
+
+    # Gang safety: holding GPUs below min for too long blocks others; let go.
+    held_since = _false_since(st, "Schedulable")
+    bound = [p for p in active if p.node]
+    if desired < spec.replicas.min and bound and held_since:
+        spread = (zlib.crc32(body["metadata"].get("uid", job.metadata.name).encode()) % 1000) / 1000.0
+        if (now - held_since).total_seconds() > GANG_RELEASE_SECONDS * (1 + spread):
+            _retire(result, active)
+            result.create_workers = []
+            result.events.append(("Warning", "ReleasedPartialGang",
+                                  f"held {len(bound)} of min {spec.replicas.min} replicas for too long; released them so other jobs can run"))
+            active, ready = [], []
+
+    # Excess replicas (max lowered): drop the highest slots.
+    if len(active) > spec.replicas.max:
+        extra = sorted(active, key=lambda p: p.slot)[spec.replicas.max:]
+        _retire(result, extra)
+        active = [p for p in active if p not in extra]
+
+    current = len(active) + len(result.create_workers)
+    prev_desired = old.get("desiredReplicas")
+    if prev_desired is not None and prev_desired != desired:
+        st.set(lastScaling={"time": _iso(now), "fromReplicas": prev_desired, "toReplicas": desired, "reason": reason})
+        result.events.append(("Normal", "Scaling", f"desired replicas {prev_desired} -> {desired}: {message}"))
+    elif prev_desired is None:
+        result.events.append(("Normal", "Starting", f"starting {desired} of {spec.replicas.min}..{spec.replicas.max} replicas: {message}"))
+
+    st.set(
+        desiredReplicas=desired,
+        currentReplicas=current,
+        readyReplicas=len(ready),
+        worldSize=len(ready) * nproc,
+        selector=naming.worker_selector(job.metadata.name),
+        rendezvousId=body["metadata"].get("uid"),
+    )
+    running = len(ready) >= spec.replicas.min and bool(live_store) and any(p.ready for p in live_store)
+    if running:
+        if not old.get("startTime"):
+            st.set(startTime=_iso(now))
+        new_phase = "Running" if len(ready) == current else "Scaling"
+        st.condition("Running", True, "Training", f"{len(ready)} replicas, world size {len(ready) * nproc}")
+        if st.conditions.get("Restarting", {}).get("status") == "True" and len(ready) == current:
+            st.condition("Restarting", False, "Training", "training at a stable world size")
+    else:
+        new_phase = "Restarting" if old.get("startTime") and restarts else "Pending"
+        st.condition("Running", False, reason, message)
+    st.condition("Scaling", len(ready) != current, reason, message)
+    st.set(phase=new_phase)
+    result.status = st.build()
+    return result
+
+
+def _false_since(st: _Status, ctype: str) -> datetime | None:
+    cond = st.conditions.get(ctype)
+    if cond and cond.get("status") == "False" and cond.get("lastTransitionTime"):
+        return _parse_time(cond["lastTransitionTime"])
+    return None
+
+
+def _desired_replicas(job: TrainingJob, obs: Observed, active: list[PodView], st: _Status) -> tuple[int, str, str]:
+    """How many replicas to run now, and why (also sets the Schedulable condition)."""
+    spec = job.spec
+    lo, hi = spec.replicas.min, spec.replicas.max
+    if obs.missing_pvc:
+        msg = f"spec.checkpoint.persistentVolumeClaim.claimName {obs.missing_pvc!r} does not exist in the namespace"
+        st.condition("Schedulable", False, "CheckpointVolumeMissing", msg)
+        return len(active) if len(active) >= lo else 0, "CheckpointVolumeMissing", msg
+    if not obs.fits_anywhere:
+        msg = (f"no node can ever fit one replica ({spec.container.gpus_per_replica} x {spec.container.gpu_resource_name} "
+               "with the job's nodeSelector and tolerations)")
+        st.condition("Schedulable", False, "NoNodeFits", msg)
+        return 0, "NoNodeFits", msg
+    unschedulable = [p for p in active if p.unschedulable]
+    if obs.placeable is None:
+        # CPU job, or capacity unknown: ask for max and let the scheduler decide.
+        possible = hi - len(unschedulable)
+    else:
+        # Our own bound and pending-but-schedulable pods already hold their place.
+        possible = len(active) - len(unschedulable) + obs.placeable
+    desired = max(min(possible, hi), 0)
+    if desired >= lo:
+        reason = "CapacityAvailable" if desired == hi else "PartialCapacity"
+        msg = f"{desired} of max {hi} replicas fit now"
+        st.condition("Schedulable", True, reason, msg)
+        return desired, reason, msg
+    msg = f"only {desired} of min {lo} replicas fit on the free GPUs; waiting for capacity"
+    st.condition("Schedulable", False, "InsufficientCapacity", msg)
+    # Never start a partial gang below min; keep what is already placed if that is enough.
+    placed = len(active) - len(unschedulable)
+    return (placed if placed >= lo else 0), "InsufficientCapacity", msg
+
+
+__all__ = ["Failure", "Observed", "Plan", "PodView", "plan"]

@@ -1,0 +1,35 @@
+"""Operator-wide configuration, read once from the environment (the Helm chart sets it)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from kubetrain.operator.builders import BuildConfig
+
+
+def _namespaces(value: str) -> list[str]:
+    return [n.strip() for n in value.split(",") if n.strip()]
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    build: BuildConfig = field(default_factory=BuildConfig)
+    # Empty: every namespace (cluster mode). Otherwise only these.
+    namespaces: list[str] = field(default_factory=list)
+    reconcile_interval_seconds: float = 5.0
+    gpu_resource: str = "nvidia.com/gpu"
+    # Kopf peering: with several replicas, only the one with the highest priority acts.
+    peering_name: str = "kubetrain"
+    standalone: bool = False
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> "OperatorConfig":
+        env = dict(os.environ) if env is None else env
+        build = BuildConfig(trainer_image=env.get("KUBETRAIN_TRAINER_IMAGE", BuildConfig.trainer_image))
+        return cls(
+            build=build,
+            namespaces=_namespaces(env.get("KUBETRAIN_WATCH_NAMESPACES", "")),
+            reconcile_interval_seconds=float(env.get("KUBETRAIN_RECONCILE_INTERVAL", "5")),
+            standalone=env.get("KUBETRAIN_STANDALONE", "false").lower() == "true",
+        )
