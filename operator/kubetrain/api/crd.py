@@ -143,9 +143,11 @@ class _Translator:
 def _apply_factory_defaults(cls: type[BaseModel], schema: dict[str, Any]) -> None:
     """Give fields built by default_factory a CRD default.
 
-    pydantic leaves them out of JSON Schema. Without ``default: {}`` on a nested
+    pydantic leaves them out of JSON Schema. Without a default on a nested
     object the apiserver would not descend into it, and a user who omits
-    ``spec.replicas`` would get no min/max at all.
+    ``spec.replicas`` would get no min/max at all. The default is the fully
+    populated object, not ``{}``: the apiserver checks a default against the
+    CEL rules without applying the defaults nested inside it.
     """
     props = schema.get("properties", {})
     for name, field in cls.model_fields.items():
@@ -153,7 +155,9 @@ def _apply_factory_defaults(cls: type[BaseModel], schema: dict[str, Any]) -> Non
             continue
         key = field.alias or name
         value = field.default_factory()
-        props[key]["default"] = {} if isinstance(value, BaseModel) else value
+        if isinstance(value, BaseModel):
+            value = value.model_dump(by_alias=True, exclude_none=True, mode="json")
+        props[key]["default"] = value
 
 
 def openapi_schema(model: type[BaseModel]) -> dict[str, Any]:
