@@ -1,0 +1,117 @@
+"""``python -m kubetrain.devcluster {up,down,status,build}``: the dev cluster from a shell.
+
+``up`` leaves the components running after it exits (each in its own
+session); ``down`` stops them from the pids recorded in the state dir. The
+only thing on stdout is ``export KUBECONFIG=...``, so ``eval "$(... up)"`` works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from kubetrain.devcluster import build, gpu_pool
+from kubetrain.devcluster.cluster import COMPONENTS, LocalCluster
+
+log = logging.getLogger("kubetrain.devcluster")
+
+# What `up` needs; helm and kubeconform are for chart tests, not the cluster.
+CLUSTER_COMPONENTS = ["kubernetes", "etcd", "kwok"]
+
+
+def state_dir() -> Path:
+    """``$KUBETRAIN_CLUSTER_DIR``, else ``~/.cache/kubetrain/cluster`` (the kubeconfig lives there)."""
+    override = os.environ.get("KUBETRAIN_CLUSTER_DIR")
+    return Path(override) if override else build.cache_root() / "cluster"
+
+
+def _print_export(cluster: LocalCluster) -> None:
+    print(f"export KUBECONFIG={cluster.kubeconfig}")
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    existing = LocalCluster.from_state(state_dir())
+    if existing.is_complete():
+        log.info("already running (%s)", existing.api_url)
+        _print_export(existing)
+        return 0
+    failures = build.ensure(CLUSTER_COMPONENTS)
+    if failures:
+        for name, err in failures.items():
+            log.error("build of %s failed: %s", name, err)
+        return 1
+    started = time.monotonic()
+    cluster = LocalCluster(state_dir(), die_with_parent=False)
+    try:
+        cluster.start()
+        log.info("control plane up at %s in %.1fs", cluster.api_url, time.monotonic() - started)
+        names = gpu_pool.create_pool(cluster.api_client(), nodes=args.nodes, gpus=args.gpus)
+        log.info("%d simulated nodes x %d %s Ready in %.1fs total: %s", len(names), args.gpus,
+                 gpu_pool.GPU_RESOURCE, time.monotonic() - started, ", ".join(names))
+    except Exception as exc:  # noqa: BLE001 - report, clean up, exit non-zero
+        log.error("%s", exc)
+        cluster.stop()
+        return 1
+    log.info("logs: %s; stop with: python -m kubetrain.devcluster down", cluster.log_dir)
+    _print_export(cluster)
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    cluster = LocalCluster.from_state(state_dir())
+    running = cluster.running()
+    cluster.stop()
+    if running:
+        log.info("stopped %s", ", ".join(r.name for r in running))
+    else:
+        log.info("no cluster running in %s", cluster.state_dir)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    cluster = LocalCluster.from_state(state_dir())
+    running = {r.name for r in cluster.running()}
+    for name in COMPONENTS:
+        print(f"{name:24} {'running' if name in running else 'stopped'}")
+    if not cluster.is_healthy():
+        print("kube-apiserver not ready")
+        return 1
+    from kubernetes import client
+
+    nodes = client.CoreV1Api(cluster.api_client()).list_node().items
+    ready = sum(gpu_pool.node_is_ready(n) for n in nodes)
+    print(f"api: {cluster.api_url}  nodes: {ready}/{len(nodes)} Ready  kubeconfig: {cluster.kubeconfig}")
+    return 0 if running == set(COMPONENTS) else 1
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    return build.main(args.components)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m kubetrain.devcluster", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="build if needed, start the cluster and the GPU pool, print the export line")
+    up.add_argument("--nodes", type=int, default=gpu_pool.DEFAULT_NODES)
+    up.add_argument("--gpus", type=int, default=gpu_pool.DEFAULT_GPUS, help="per node")
+    up.set_defaults(func=cmd_up)
+    sub.add_parser("down", help="stop the cluster (idempotent)").set_defaults(func=cmd_down)
+    sub.add_parser("status", help="which components run; exit 1 unless all do").set_defaults(func=cmd_status)
+    b = sub.add_parser("build", help="build the binaries (default: all)")
+    b.add_argument("components", nargs="*")
+    b.set_defaults(func=cmd_build)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    args = parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
