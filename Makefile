@@ -52,3 +52,9 @@ cluster: tools ## Start a local control plane with 4 simulated 8-GPU nodes (prin
 .PHONY: cluster-down
 cluster-down: $(STAMP) ## Stop the local control plane
 	$(PY) -m kubetrain.devcluster down
+
+.PHONY: run
+run: $(STAMP) ## Run the operator from source against KUBECONFIG (default: the make cluster one); installs the CRD if missing
+	export KUBECONFIG="$${KUBECONFIG:-$(KUBECONFIG_DEV)}"; \
+	kubectl get crd trainingjobs.kubetrain.dev >/dev/null 2>&1 || kubectl apply --server-side -f crds/; \
+	KUBETRAIN_STANDALONE=$${KUBETRAIN_STANDALONE:-true} $(PY) -m kubetrain.operator

@@ -50,7 +50,7 @@ def test_worker_pod_carries_placement_identity_and_security():
                                                "uid": "1234-abcd", "controller": True, "blockOwnerDeletion": True}
     assert meta["finalizers"] == [naming.TRACKING_FINALIZER]
     assert meta["annotations"]["prometheus.io/port"] == "9404"
-    assert c["resources"]["limits"]["nvidia.com/gpu"] == 8 and c["resources"]["requests"]["cpu"] == 32
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "8" and c["resources"]["requests"]["cpu"] == "32"
     assert spec["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
     assert spec["tolerations"][0]["key"] == "nvidia.com/gpu"
     assert spec["priorityClassName"] == "training-high"

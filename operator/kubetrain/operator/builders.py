@@ -111,6 +111,21 @@ def store_pod(job: TrainingJob, body: dict[str, Any], cfg: BuildConfig) -> dict[
             "terminationGracePeriodSeconds": 5,
             # Not the GPU nodeSelector/affinity: the store needs no GPU.
             **_placement(job, with_selectors=False),
+            # Away from the job's workers where possible, so that losing a
+            # worker's node does not also lose the rendezvous store.
+            "affinity": {
+                "podAntiAffinity": {
+                    "preferredDuringSchedulingIgnoredDuringExecution": [
+                        {
+                            "weight": 100,
+                            "podAffinityTerm": {
+                                "topologyKey": "kubernetes.io/hostname",
+                                "labelSelector": {"matchLabels": {naming.LABEL_JOB: job.metadata.name, naming.LABEL_ROLE: naming.ROLE_WORKER}},
+                            },
+                        }
+                    ]
+                }
+            },
             "containers": [
                 {
                     "name": "store",
@@ -171,10 +186,11 @@ def worker_pod(job: TrainingJob, body: dict[str, Any], slot: int, attempt: int, 
         annotations.update({"prometheus.io/scrape": "true", "prometheus.io/port": str(spec.metrics.port), "prometheus.io/path": "/metrics"})
         ports.append({"name": "metrics", "containerPort": spec.metrics.port, "protocol": "TCP"})
 
-    resources = c.resources.to_k8s()
+    # Quantities are strings on the wire (the API client refuses ints).
+    resources = {kind: {k: str(v) for k, v in values.items()} for kind, values in c.resources.to_k8s().items()}
     if c.gpus_per_replica:
-        resources.setdefault("limits", {})[c.gpu_resource_name] = c.gpus_per_replica
-        resources.setdefault("requests", {})[c.gpu_resource_name] = c.gpus_per_replica
+        resources.setdefault("limits", {})[c.gpu_resource_name] = str(c.gpus_per_replica)
+        resources.setdefault("requests", {})[c.gpu_resource_name] = str(c.gpus_per_replica)
 
     program = tuple(c.command) + tuple(c.args or ()) if c.command else BUILTIN_TRAINER + tuple(c.args or ())
     command = torchrun_args(

@@ -37,6 +37,13 @@ def plain(obj: Any) -> Any:
     return obj
 
 
+class _QuietSuccess(logging.Filter):
+    """Drop Kopf's "Timer/Handler ... succeeded" lines: one per job per tick is noise, not news."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().endswith("succeeded.")
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any) -> None:
     # Our API group for every annotation and finalizer Kopf writes.
@@ -46,6 +53,7 @@ def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any)
         prefix=GROUP, key="last-handled-configuration"
     )
     settings.posting.level = logging.INFO
+    logging.getLogger("kopf.objects").addFilter(_QuietSuccess())
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     # Sync handlers run in threads; reconciles of different jobs proceed in parallel.
@@ -187,21 +195,45 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: loggi
             logger.info("ttlSecondsAfterFinished elapsed: deleted the job")
 
 
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-@kopf.on.create(GROUP, VERSION, PLURAL)
-@kopf.on.update(GROUP, VERSION, PLURAL)
+# A transient API error is retried after RETRY_BACKOFF seconds, not Kopf's 60:
+# short enough to recover quickly, long enough never to loop hot.
+RETRY_BACKOFF = 5.0
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL, backoff=RETRY_BACKOFF)
+@kopf.on.create(GROUP, VERSION, PLURAL, backoff=RETRY_BACKOFF)
+@kopf.on.update(GROUP, VERSION, PLURAL, backoff=RETRY_BACKOFF)
 def on_change(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: logging.Logger, job_pods: kopf.Index,
               gpu_nodes: kopf.Index, gpus_in_use: kopf.Index, **_: Any) -> None:
     reconcile(body, patch, memo, logger, job_pods, gpu_nodes, gpus_in_use)
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=CONFIG.reconcile_interval_seconds, initial_delay=1.0)
+@kopf.timer(GROUP, VERSION, PLURAL, interval=CONFIG.reconcile_interval_seconds, initial_delay=1.0, backoff=RETRY_BACKOFF)
 def periodic(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: logging.Logger, job_pods: kopf.Index,
              gpu_nodes: kopf.Index, gpus_in_use: kopf.Index, **_: Any) -> None:
     reconcile(body, patch, memo, logger, job_pods, gpu_nodes, gpus_in_use)
 
 
-@kopf.on.delete(GROUP, VERSION, PLURAL)
+def _orphaned(meta: kopf.Meta, **_: Any) -> bool:
+    return bool(meta.get("deletionTimestamp")) and naming.TRACKING_FINALIZER in (meta.get("finalizers") or [])
+
+
+# An event handler, not a timer: Kopf stops timers on objects being deleted.
+# The initial listing at start-up delivers every stuck pod here too.
+@kopf.on.event("pods", labels={naming.LABEL_JOB: kopf.PRESENT}, when=_orphaned)
+def release_orphans(name: str, namespace: str, labels: kopf.Labels, logger: logging.Logger, **_: Any) -> None:
+    """A terminating pod whose job is gone can never be accounted for: let it go.
+
+    The job's own deletion handler normally releases its pods; this covers a job
+    removed while its handler could not run (e.g. its finalizer was stripped by hand).
+    """
+    kube: Kube = _state["kube"]
+    if not kube.job_exists(namespace, labels[naming.LABEL_JOB]):
+        kube.release(namespace, name)
+        logger.info("released pod %s: its job %s no longer exists", name, labels[naming.LABEL_JOB])
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, backoff=RETRY_BACKOFF)
 def on_delete(name: str, namespace: str, uid: str, logger: logging.Logger, **_: Any) -> None:
     """Leave nothing behind: release our tracking finalizers so garbage collection can finish."""
     kube: Kube = _state["kube"]

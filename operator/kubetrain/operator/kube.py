@@ -42,18 +42,24 @@ class Kube:
                 return
             raise
         finalizers = [f for f in pod.metadata.finalizers or [] if f != naming.TRACKING_FINALIZER]
-        patch = {
-            "metadata": {
-                # Optimistic concurrency: fail (and retry next round) if the pod changed.
-                "resourceVersion": pod.metadata.resource_version,
-                "finalizers": finalizers,
-                "annotations": {naming.ANNOTATION_ACCOUNTED: "true"},
-            }
-        }
+        annotation = "/metadata/annotations/" + naming.ANNOTATION_ACCOUNTED.replace("/", "~1")
+        # A JSON patch: a strategic merge patch cannot remove an item from
+        # metadata.finalizers (its strategy is merge). The test op makes it
+        # fail, and retry next round, if the pod changed since we read it.
+        ops = [
+            {"op": "test", "path": "/metadata/resourceVersion", "value": pod.metadata.resource_version},
+            {"op": "replace", "path": "/metadata/finalizers", "value": finalizers},
+            {"op": "add", "path": annotation, "value": "true"}
+            if pod.metadata.annotations
+            else {"op": "add", "path": "/metadata/annotations", "value": {naming.ANNOTATION_ACCOUNTED: "true"}},
+        ]
+        if pod.metadata.finalizers is None:
+            ops[1] = {"op": "add", "path": "/metadata/finalizers", "value": []}
         try:
-            self.core.patch_namespaced_pod(name, namespace, patch)
+            self.core.patch_namespaced_pod(name, namespace, ops)
         except ApiException as exc:
-            if exc.status not in (404, 409):
+            # 404: already gone; 409/422: changed under us (the test op failed), next round retries.
+            if exc.status not in (404, 409, 422):
                 raise
 
     def delete_pod(self, namespace: str, name: str) -> None:
@@ -75,6 +81,15 @@ class Kube:
     def pvc_exists(self, namespace: str, name: str) -> bool:
         try:
             self.core.read_namespaced_persistent_volume_claim(name, namespace)
+            return True
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+
+    def job_exists(self, namespace: str, name: str) -> bool:
+        try:
+            self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
             return True
         except ApiException as exc:
             if exc.status == 404:

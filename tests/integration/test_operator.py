@@ -1,0 +1,268 @@
+"""The operator against the real control plane; KWOK simulates the GPU nodes and the pods' lives.
+
+The operator runs as a subprocess (``python -m kubetrain.operator``), exactly as
+``make run`` starts it, so a test can SIGKILL it mid-reconcile and start it again.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+
+from crd_helpers import Jobs, install_crd, kubectl, wait_gone
+from kubetrain.devcluster import gpu_pool
+from kubetrain.devcluster.wait import wait_for
+
+
+class Operator:
+    def __init__(self, kubeconfig: Path, log: Path):
+        self.kubeconfig = kubeconfig
+        self.log = log
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        env = os.environ | {
+            "KUBECONFIG": str(self.kubeconfig),
+            "KUBETRAIN_STANDALONE": "true",
+            "KUBETRAIN_RECONCILE_INTERVAL": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "kubetrain.operator", "--liveness", f"http://127.0.0.1:{port}/healthz"],
+            env=env, stdout=self.log.open("a"), stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        import urllib.request
+
+        wait_for(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2).status == 200,
+                 timeout=60, what="operator liveness")
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def logs(self) -> str:
+        return self.log.read_text()[-6000:]
+
+
+@pytest.fixture(scope="module")
+def operator(cluster, tmp_path_factory) -> Iterator[Operator]:
+    install_crd(cluster.api)
+    op = Operator(cluster.kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log")
+    op.start()
+    yield op
+    op.stop()
+    # The operator must never crash: its log has no traceback from a handler.
+    assert "Traceback" not in op.log.read_text(), op.logs()
+
+
+@pytest.fixture
+def jobs(cluster, operator, namespace) -> Iterator[Jobs]:
+    j = Jobs(cluster.api, namespace)
+    yield j
+    # Shown by pytest only when the test failed.
+    print(f"--- operator log (tail) ---\n{operator.logs()}")
+    # Leave the GPU pool empty for the next test: delete every job and wait for its pods.
+    for item in j.custom.list_namespaced_custom_object("kubetrain.dev", "v1alpha1", namespace, "trainingjobs")["items"]:
+        j.delete(item["metadata"]["name"])
+    wait_gone(lambda: j.core.list_namespaced_pod(namespace).items, f"pods in {namespace}", timeout=90)
+
+
+def gpu_job(name: str, lo: int, hi: int, **spec) -> dict:
+    body = {
+        "replicas": {"min": lo, "max": hi},
+        "container": {"gpusPerReplica": 8},
+        "scheduling": {"tolerations": [gpu_pool.KWOK_TOLERATION]},
+    }
+    body.update(spec)
+    return {"apiVersion": "kubetrain.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": name}, "spec": body}
+
+
+def ready_workers(jobs: Jobs, name: str) -> list[client.V1Pod]:
+    return [p for p in jobs.pods(name) if p.status.phase == "Running" and not p.metadata.deletion_timestamp]
+
+
+def test_happy_path_runs_at_max_then_succeeds(cluster, jobs):
+    jobs.create(gpu_job("happy", 2, 4))
+    st = jobs.wait(name := "happy", lambda s: s.get("phase") == "Running" and s.get("readyReplicas") == 4, "4 ready", 90)
+    assert st["desiredReplicas"] == 4 and st["worldSize"] == 32 and st["startTime"]
+    pods = jobs.pods(name)
+    assert sorted(p.metadata.name for p in pods) == ["happy-w0-0", "happy-w1-0", "happy-w2-0", "happy-w3-0"]
+    assert len({p.spec.node_name for p in pods}) == 4  # 8 GPUs each: one per node
+    assert len(jobs.pods(name, role="rendezvous")) == 1
+    row = kubectl("get", "tj", name, "-n", jobs.ns, "--no-headers").stdout.split()
+    assert row[1:6] == ["Running", "4", "4", "2", "4"]
+    for p in pods:
+        gpu_pool.finish_pod(cluster.api, jobs.ns, p.metadata.name, 0)
+    st = jobs.wait_phase(name, "Succeeded", 60)
+    assert st["completionTime"]
+    cond = {c["type"]: c for c in st["conditions"]}
+    assert cond["Succeeded"]["status"] == "True" and cond["Succeeded"]["reason"] == "TrainingFinished"
+    wait_gone(lambda: jobs.pods(name) + jobs.pods(name, role="rendezvous"), "finished pods cleaned up")
+
+
+def test_node_loss_keeps_training_above_min_and_grows_back(cluster, jobs):
+    jobs.create(gpu_job("nodeloss", 2, 4))
+    jobs.wait("nodeloss", lambda s: s.get("readyReplicas") == 4, "4 ready", 90)
+    store_node = jobs.pods("nodeloss", role="rendezvous")[0].spec.node_name
+    # Lose a worker's node, not the store's (a 4-node pool cannot keep them apart).
+    node = next(p.spec.node_name for p in jobs.pods("nodeloss") if p.spec.node_name != store_node)
+    gpu_pool.delete_node(cluster.api, node)
+    try:
+        st = jobs.wait("nodeloss", lambda s: s.get("readyReplicas") == 3 and s.get("restarts") == 1,
+                       "shrunk to 3 after node loss", 180)
+        assert st["phase"] == "Running" and st["desiredReplicas"] == 3 and st["worldSize"] == 24
+        assert st["lastScaling"]["toReplicas"] == 3
+        reasons = {e.reason for e in jobs.events("nodeloss")}
+        assert {"NodeLost", "Scaling"} <= reasons
+    finally:
+        gpu_pool.add_nodes(cluster.api, 1)
+    st = jobs.wait("nodeloss", lambda s: s.get("readyReplicas") == 4, "grown back to 4", 90)
+    assert st["desiredReplicas"] == 4 and st["lastScaling"]["toReplicas"] == 4
+
+
+def test_capacity_below_min_waits_then_runs_when_a_node_is_added(cluster, jobs):
+    jobs.create(gpu_job("big", 5, 5))
+    st = jobs.wait("big", lambda s: any(c["type"] == "Schedulable" and c["reason"] == "InsufficientCapacity"
+                                        and "4 of min 5" in c["message"] for c in s.get("conditions", [])),
+                   "waiting for capacity, 4 of 5 replicas placeable", 60)
+    assert st["phase"] == "Pending" and jobs.pods("big") == []
+    added = gpu_pool.add_nodes(cluster.api, 1)
+    try:
+        jobs.wait("big", lambda s: s.get("phase") == "Running" and s.get("readyReplicas") == 5, "5 running", 90)
+    finally:
+        jobs.delete("big")
+        wait_gone(lambda: jobs.pods("big"), "big's pods gone", 90)
+        for name in added:
+            gpu_pool.delete_node(cluster.api, name)
+
+
+def test_failures_beyond_the_restart_cap_fail_the_job_with_the_reason(cluster, jobs):
+    jobs.create(gpu_job("flaky", 1, 1, failurePolicy={"maxRestarts": 1}))
+    jobs.wait("flaky", lambda s: s.get("readyReplicas") == 1, "1 ready", 60)
+    gpu_pool.finish_pod(cluster.api, jobs.ns, "flaky-w0-0", 1, "CommunicationTimeout: gloo allreduce timed out")
+    st = jobs.wait("flaky", lambda s: s.get("restarts") == 1 and s.get("readyReplicas") == 1, "replaced once", 60)
+    assert {p.metadata.name for p in ready_workers(jobs, "flaky")} == {"flaky-w0-1"}
+    gpu_pool.finish_pod(cluster.api, jobs.ns, "flaky-w0-1", 1, "CommunicationTimeout: NCCL watchdog timeout")
+    st = jobs.wait_phase("flaky", "Failed", 60)
+    failed = next(c for c in st["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "RestartLimitExceeded" and "CommunicationTimeout" in failed["message"]
+    # keepPods: Failed keeps the failed pods for their logs; the store is gone.
+    wait_gone(lambda: jobs.pods("flaky", role="rendezvous"), "store removed")
+    assert {p.metadata.name for p in jobs.pods("flaky")} == {"flaky-w0-0", "flaky-w0-1"}
+
+
+def test_user_error_is_not_retried(cluster, jobs):
+    jobs.create(gpu_job("buggy", 1, 2))
+    jobs.wait("buggy", lambda s: s.get("readyReplicas") == 2, "2 ready", 60)
+    gpu_pool.finish_pod(cluster.api, jobs.ns, "buggy-w1-0", 1, "UserError: ValueError: shapes (4,) and (5,) not aligned")
+    st = jobs.wait_phase("buggy", "Failed", 60)
+    failed = next(c for c in st["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "UserError" and "shapes" in failed["message"]
+    wait_gone(lambda: [p for p in jobs.pods("buggy") if p.metadata.name == "buggy-w0-0"], "survivor stopped")
+
+
+def test_suspend_deletes_pods_and_resume_recreates_them(jobs):
+    jobs.create(gpu_job("pausable", 1, 2))
+    jobs.wait("pausable", lambda s: s.get("readyReplicas") == 2, "2 ready", 60)
+    jobs.patch("pausable", {"spec": {"suspend": True}})
+    jobs.wait_phase("pausable", "Suspended", 60)
+    wait_gone(lambda: jobs.pods("pausable") + jobs.pods("pausable", role="rendezvous"), "suspended pods gone")
+    jobs.patch("pausable", {"spec": {"suspend": False}})
+    st = jobs.wait("pausable", lambda s: s.get("phase") == "Running" and s.get("readyReplicas") == 2, "resumed", 60)
+    assert st["restarts"] == 0  # suspending is not a failure
+
+
+def test_active_deadline_fails_the_job_cleanly(jobs):
+    jobs.create(gpu_job("slow", 1, 1, activeDeadlineSeconds=3))
+    st = jobs.wait_phase("slow", "Failed", 60)
+    assert next(c for c in st["conditions"] if c["type"] == "Failed")["reason"] == "DeadlineExceeded"
+    wait_gone(lambda: jobs.pods("slow") + jobs.pods("slow", role="rendezvous"), "pods stopped at the deadline")
+
+
+def test_ttl_deletes_the_finished_job(cluster, jobs):
+    jobs.create(gpu_job("shortlived", 1, 1, ttlSecondsAfterFinished=2))
+    jobs.wait("shortlived", lambda s: s.get("readyReplicas") == 1, "ready", 60)
+    gpu_pool.finish_pod(cluster.api, jobs.ns, "shortlived-w0-0", 0)
+    jobs.wait_phase("shortlived", "Succeeded", 60)
+    wait_for(lambda: not jobs.exists("shortlived"), timeout=60, what="TTL deletion")
+
+
+def test_deleting_a_job_leaves_nothing_behind(jobs):
+    jobs.create(gpu_job("doomed", 2, 2))
+    jobs.wait("doomed", lambda s: s.get("readyReplicas") == 2, "2 ready", 60)
+    assert jobs.core.list_namespaced_service(jobs.ns).items
+    jobs.delete("doomed")
+    wait_for(lambda: not jobs.exists("doomed"), timeout=60, what="job gone (finalizer released)")
+    wait_gone(lambda: jobs.core.list_namespaced_pod(jobs.ns).items, "pods gone", 90)
+    wait_gone(lambda: jobs.core.list_namespaced_service(jobs.ns).items, "services gone", 60)
+
+
+def test_operator_killed_mid_create_ends_with_exactly_the_right_pods(operator, jobs):
+    jobs.create(gpu_job("resilient", 2, 4))
+    # Kill it while it is creating pods (the first reconcile starts within a second).
+    wait_for(lambda: jobs.pods("resilient") or jobs.pods("resilient", role="rendezvous"), timeout=30, what="first pods")
+    operator.kill()
+    try:
+        time.sleep(1)
+    finally:
+        operator.start()
+    jobs.wait("resilient", lambda s: s.get("readyReplicas") == 4, "4 ready after restart", 90)
+    time.sleep(3)  # a few more reconciles: nothing more may be created
+    pods = jobs.pods("resilient")
+    assert sorted(p.metadata.name for p in pods) == [f"resilient-w{s}-0" for s in range(4)]
+    assert Counter(p.metadata.labels["kubetrain.dev/replica-index"] for p in pods).most_common(1)[0][1] == 1
+    assert len(jobs.pods("resilient", role="rendezvous")) == 1
+
+
+def test_two_jobs_competing_for_gpus_never_deadlock(cluster, jobs):
+    jobs.create(gpu_job("first", 3, 4))
+    jobs.wait("first", lambda s: s.get("readyReplicas") == 4, "first at 4", 60)
+    jobs.create(gpu_job("second", 3, 4))
+    st = jobs.wait("second", lambda s: s.get("phase") == "Pending" and any(
+        c["type"] == "Schedulable" and c["status"] == "False" for c in s.get("conditions", [])), "second waits", 60)
+    # Waiting honestly: it holds no GPUs while below min.
+    assert [p for p in jobs.pods("second") if p.spec.node_name] == []
+    for p in jobs.pods("first"):
+        gpu_pool.finish_pod(cluster.api, jobs.ns, p.metadata.name, 0)
+    jobs.wait_phase("first", "Succeeded", 60)
+    jobs.wait("second", lambda s: s.get("phase") == "Running" and s.get("readyReplicas") == 4, "second runs", 90)
+
+
+def test_kueue_queued_job_waits_suspended_until_admitted(jobs):
+    manifest = gpu_job("queued", 1, 1)
+    manifest["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "research"}
+    jobs.create(manifest)
+    jobs.wait_phase("queued", "Suspended", 60)
+    assert jobs.get("queued")["spec"]["suspend"] is True and jobs.pods("queued") == []
+    # Kueue admits by unsuspending.
+    jobs.patch("queued", {"spec": {"suspend": False}})
+    jobs.wait("queued", lambda s: s.get("readyReplicas") == 1, "admitted and running", 60)
+
+
+def test_missing_checkpoint_claim_is_reported_not_crashed_on(jobs):
+    jobs.create(gpu_job("nopvc", 1, 1, checkpoint={"persistentVolumeClaim": {"claimName": "absent"}}))
+    st = jobs.wait("nopvc", lambda s: any(c["reason"] == "CheckpointVolumeMissing" for c in s.get("conditions", [])),
+                   "missing claim reported", 60)
+    assert st["phase"] == "Pending" and jobs.pods("nopvc") == []
