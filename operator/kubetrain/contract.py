@@ -89,6 +89,13 @@ class TrainerContract:
     termination_message_path: str = TERMINATION_MESSAGE_PATH
     # Extra free-form settings for user workloads, "k=v,k2=v2".
     workload_args: str = field(default="")
+    # Local runs and tests only (the operator leaves them empty). Global rank 0
+    # rewrites a small JSON progress file here (step, loss, tokens/s, ETA) for
+    # the local launcher's progress bar.
+    status_path: str = ""
+    # Debug: global rank 0 appends, per step, the ids of the samples every rank
+    # trained on (gathered from all ranks) as JSON lines; tests check data order.
+    sample_log_path: str = ""
 
     def to_env(self) -> dict[str, str]:
         return {_env_name(f.name): _format(getattr(self, f.name)) for f in fields(self)}

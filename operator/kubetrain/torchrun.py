@@ -51,6 +51,7 @@ def torchrun_args(
     local_addr: str | None = None,
     timeouts: RendezvousTimeouts = RendezvousTimeouts(),
     monitor_interval: float = 1.0,
+    shutdown_timeout: int | None = None,
 ) -> list[str]:
     """The full argv: ``python -m torch.distributed.run <flags> --no-python <program...>``."""
     args = [
@@ -66,6 +67,9 @@ def torchrun_args(
         f"--max-restarts={max_restarts}",
         f"--monitor-interval={monitor_interval}",
     ]
+    if shutdown_timeout is not None:
+        # SIGTERM -> SIGKILL grace for the workers: time to write the SIGTERM checkpoint.
+        args.append(f"--shutdown-timeout={shutdown_timeout}")
     if local_addr:
         # Peers reach this agent (a round's MASTER_ADDR) by this address; a pod's
         # hostname does not resolve in cluster DNS, its IP does.

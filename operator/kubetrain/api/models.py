@@ -386,6 +386,12 @@ class TrainingJobSpec(ApiModel):
             lambda s: s.strategy == "ddp" or s.compression.type != "powersgd",
         ),
         Rule(
+            "!has(self.checkpoint) || !has(self.checkpoint.emptyDir) || self.replicas.max == 1",
+            "spec.checkpoint.emptyDir needs spec.replicas.max 1: every replica must see the same checkpoints, "
+            "so use a ReadWriteMany persistentVolumeClaim",
+            lambda s: s.checkpoint is None or s.checkpoint.empty_dir is None or s.replicas.max == 1,
+        ),
+        Rule(
             "self.precision != 'fp8' || self.container.gpusPerReplica > 0",
             "spec.precision fp8 needs GPUs: set spec.container.gpusPerReplica (fp8 runs on Hopper-class GPUs only)",
             lambda s: s.precision != "fp8" or s.container.gpus_per_replica > 0,

@@ -203,6 +203,8 @@ def worker_pod(job: TrainingJob, body: dict[str, Any], slot: int, attempt: int, 
         program=program,
         local_addr="$(POD_IP)",
         timeouts=cfg.rendezvous,
+        # Inside the pod's grace period, so torchrun stops the workers before the kubelet kills the pod.
+        shutdown_timeout=max(cfg.termination_grace_seconds - 20, 10),
     )
 
     mounts = [{"name": "tmp", "mountPath": "/tmp"}, {"name": "dshm", "mountPath": "/dev/shm"}]

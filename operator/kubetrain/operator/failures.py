@@ -14,6 +14,8 @@ _MESSAGE_REASONS = {
     "CommunicationTimeout": "CommunicationTimeout",
     "UserError": "UserError",
     "ConfigError": "ConfigError",
+    # The trainer checkpointed on SIGTERM and stopped: a clean preemption.
+    "Preempted": "Preempted",
 }
 _EXIT_CODE_REASONS = {
     contract.EXIT_CONFIG_ERROR: "ConfigError",

@@ -1,0 +1,1 @@
+"""An example user package for kubetrain (see ../README.md)."""

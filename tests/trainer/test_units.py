@@ -1,0 +1,351 @@
+"""Fast unit tests of the trainer's pure parts: no torchrun, no network (except one local metrics scrape)."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import urllib.request
+
+import pytest
+import torch
+from prometheus_client import REGISTRY, CollectorRegistry
+
+from conftest import child_env, free_port_block
+from kubetrain.contract import EXIT_COMM_TIMEOUT, EXIT_CONFIG_ERROR, EXIT_OOM, EXIT_USER_ERROR, TrainerContract
+from kubetrain_trainer import failure, mfu
+from kubetrain_trainer.config import Capabilities, ConfigError, validate
+from kubetrain_trainer.data import ElasticSampler
+from kubetrain_trainer.metrics import ALLOWED_LABELS, ProcessFigures, TrainerMetrics, serve
+
+CPU = Capabilities()
+H100 = Capabilities(device_type="cuda", backend="nccl", cuda_capability=(9, 0), has_torchao=True, device_name="NVIDIA H100 80GB HBM3")
+
+
+# -- elastic data order ------------------------------------------------------------------
+
+
+def _run_schedule(num_samples: int, batch: int, schedule: list[tuple[int, int]], seed: int = 0) -> list[int]:
+    """Train through ``schedule`` [(world_size, steps), ...] the way the trainer does; return every id seen, in order."""
+    position, seen = 0, []
+    for world_size, steps in schedule:
+        samplers = [ElasticSampler(num_samples, batch, r, world_size, seed, position) for r in range(world_size)]
+        iters = [iter(s) for s in samplers]
+        for _ in range(steps):
+            for it in iters:
+                seen.extend(next(it))
+            position += world_size * batch
+    return seen
+
+
+def _assert_each_epoch_exact(seen: list[int], n: int) -> int:
+    epochs = len(seen) // n
+    for e in range(epochs):
+        assert sorted(seen[e * n : (e + 1) * n]) == list(range(n)), f"epoch {e} repeats or skips a sample"
+    tail = seen[epochs * n :]
+    assert len(tail) == len(set(tail))
+    return epochs
+
+
+@pytest.mark.parametrize("n,batch", [(100, 4), (97, 3), (64, 8)])
+def test_sampler_world_size_change_mid_epoch_sees_every_sample_once(n, batch):
+    # 2 -> 1 -> 2 -> 3, each change in the middle of an epoch, several epochs in total.
+    schedule = [(2, 7), (1, 11), (2, 9), (3, 13), (1, 5)]
+    seen = _run_schedule(n, batch, schedule)
+    assert _assert_each_epoch_exact(seen, n) >= 2
+
+
+def test_sampler_random_world_size_schedules():
+    rng = random.Random(7)
+    for trial in range(30):
+        n, batch = rng.randint(5, 60), rng.randint(1, 5)
+        schedule = [(rng.randint(1, 4), rng.randint(1, 12)) for _ in range(rng.randint(2, 6))]
+        seen = _run_schedule(n, batch, schedule, seed=trial)
+        _assert_each_epoch_exact(seen, n)
+
+
+def test_sampler_order_is_seeded_and_rank_slices_are_disjoint():
+    a = ElasticSampler(50, 5, 0, 2, seed=1)
+    b = ElasticSampler(50, 5, 1, 2, seed=1)
+    assert next(iter(a)) != next(iter(ElasticSampler(50, 5, 0, 2, seed=2)))
+    assert next(iter(a)) == next(iter(ElasticSampler(50, 5, 0, 2, seed=1)))
+    assert not set(next(iter(a))) & set(next(iter(b)))
+    # Resuming at a position continues the same stream.
+    assert a.stream(0, 30)[20:30] == ElasticSampler(50, 5, 0, 2, seed=1, position=20).indices_at(20) + a.stream(25, 5)
+
+
+# -- MFU ------------------------------------------------------------------------------------
+
+
+def test_flops_per_token_and_mfu_on_a_known_config():
+    # GPT-2 small: 85M non-embedding parameters, 12 layers, 12 heads of 64, sequence 1024.
+    n, layers, heads, head_dim, seq = 85_000_000, 12, 12, 64, 1024
+    fpt = mfu.flops_per_token(n, layers, heads, head_dim, seq)
+    assert fpt == 6 * 85_000_000 + 12 * 12 * 12 * 64 * 1024 == 623_246_208
+    # 100k tokens/s on one H100 SXM.
+    assert mfu.mfu(fpt, 100_000, 989e12) == pytest.approx(623_246_208 * 1e5 / 989e12)
+    assert mfu.mfu(fpt, 100_000, 989e12, devices=8) == pytest.approx(623_246_208 * 1e5 / 989e12 / 8)
+    assert mfu.mfu(fpt, 100_000, None) is None and mfu.mfu(None, 100_000, 989e12) is None
+
+
+@pytest.mark.parametrize(
+    "name,peak",
+    [
+        ("NVIDIA H100 80GB HBM3", 989e12),
+        ("NVIDIA H100 NVL", 835e12),
+        ("NVIDIA H100 PCIe", 756e12),
+        ("NVIDIA H200", 989e12),
+        ("NVIDIA GH200 480GB", 989e12),
+        ("NVIDIA A100-SXM4-80GB", 312e12),
+        ("NVIDIA B200", 2.25e15),
+        ("Tesla T4", None),
+        ("cpu", None),
+        (None, None),
+    ],
+)
+def test_peak_flops_table(name, peak):
+    assert mfu.peak_flops_for(name) == peak
+
+
+def test_builtin_gpt_flops_follow_the_formula():
+    from kubetrain_trainer.builtin_gpt import GPT, GPTConfig
+
+    cfg = GPTConfig(seq_len=64, d_model=64, n_layers=2, n_heads=4)
+    model = GPT(cfg)
+    emb = model.tok_emb.weight.numel() + model.pos_emb.weight.numel()
+    assert model.non_embedding_params() == sum(p.numel() for p in model.parameters()) - emb
+    assert mfu.flops_per_token(model.non_embedding_params(), 2, 4, 16, 64) == 6 * model.non_embedding_params() + 12 * 2 * 4 * 16 * 64
+
+
+# -- metrics ----------------------------------------------------------------------------------
+
+_UNITLESS_OK = {"kubetrain_trainer_loss", "kubetrain_trainer_step", "kubetrain_trainer_max_steps", "kubetrain_trainer_world_size",
+                "kubetrain_trainer_tokens_per_second", "kubetrain_trainer_samples_per_second"}
+_SUFFIXES = ("_seconds", "_bytes", "_ratio", "_watts", "_timestamp_seconds")
+
+
+def _filled_metrics(registry: CollectorRegistry, peak: float | None) -> TrainerMetrics:
+    m = TrainerMetrics(registry, job="j", namespace="ns", pod="p-0")
+    m.set_static(world_size=4, max_steps=100, restart_count=2)
+    procs = [
+        ProcessFigures(local_rank=0, communicated_bytes=1000, data_loading_seconds=0.5, cpu_seconds=3, rss_bytes=1e8,
+                       gpu_utilization=0.9, gpu_memory_bytes=2e9, gpu_power_watts=300, gpu_energy_joules=5000),
+        ProcessFigures(local_rank=1, communicated_bytes=1000, data_loading_seconds=0.25, cpu_seconds=2, rss_bytes=1e8),
+    ]
+    for step in (1, 2):
+        m.observe_step(step=step, loss=2.0, step_seconds=0.5, pod_tokens=1024, pod_samples=8, goodput=0.5,
+                       flops_per_token=1e6, peak_flops=peak, pod_devices=2, processes=procs)
+    m.observe_checkpoint(completed_at=1.7e9, seconds=1.5)
+    return m
+
+
+def test_metric_names_and_labels_follow_conventions():
+    registry = CollectorRegistry()
+    _filled_metrics(registry, peak=989e12)
+    families = list(registry.collect())
+    assert len(families) >= 20
+    for fam in families:
+        assert fam.name.startswith("kubetrain_trainer_"), fam.name
+        for s in fam.samples:
+            assert set(s.labels) - {"le"} <= ALLOWED_LABELS, (s.name, s.labels)
+            assert "step" not in s.labels and "restart" not in s.labels
+        if fam.type == "counter":
+            assert all(s.name.endswith(("_total", "_created")) for s in fam.samples), fam.name
+        else:
+            assert not fam.name.endswith("_total"), fam.name
+            if fam.type == "gauge" and fam.name not in _UNITLESS_OK:
+                assert fam.name.endswith(_SUFFIXES), f"{fam.name}: base-unit suffix missing"
+        if fam.name.endswith("_ratio"):
+            assert all(0 <= s.value <= 1 for s in fam.samples), fam.name
+    # Nothing ever goes to the process-global registry.
+    assert not [f for f in REGISTRY.collect() if f.name.startswith("kubetrain")]
+
+
+def test_metric_values_and_mfu_absence_without_a_peak():
+    registry = CollectorRegistry()
+    _filled_metrics(registry, peak=989e12)
+    get = registry.get_sample_value
+    labels = {"job": "j", "namespace": "ns", "pod": "p-0"}
+    assert get("kubetrain_trainer_tokens_total", labels) == 2048
+    assert get("kubetrain_trainer_tokens_per_second", labels) == pytest.approx(2048 / 1.0)
+    assert get("kubetrain_trainer_restarts_total", labels) == 2
+    assert get("kubetrain_trainer_communicated_bytes_total", {**labels, "local_rank": "1"}) == 1000
+    assert get("kubetrain_trainer_gpu_utilization_ratio", {**labels, "local_rank": "0"}) == 0.9
+    assert get("kubetrain_trainer_gpu_utilization_ratio", {**labels, "local_rank": "1"}) is None
+    assert get("kubetrain_trainer_mfu_ratio", labels) == pytest.approx(1e6 * 2048 / (989e12 * 2))
+    assert get("kubetrain_trainer_last_checkpoint_timestamp_seconds", labels) == 1.7e9
+
+    cpu_registry = CollectorRegistry()
+    _filled_metrics(cpu_registry, peak=None)
+    assert cpu_registry.get_sample_value("kubetrain_trainer_mfu_ratio", labels) is None
+
+
+def test_metrics_are_served_over_http():
+    registry = CollectorRegistry()
+    _filled_metrics(registry, peak=None)
+    port = free_port_block(1)
+    server = serve(registry, port, addr="127.0.0.1")
+    try:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    finally:
+        server.shutdown()
+    assert 'kubetrain_trainer_step{job="j",namespace="ns",pod="p-0"} 2.0' in body
+
+
+# -- configuration refusals -------------------------------------------------------------------
+
+C = TrainerContract()
+
+
+@pytest.mark.parametrize(
+    "changes,caps,match",
+    [
+        (dict(precision="fp8"), CPU, "fp8 needs an NVIDIA GPU"),
+        (dict(precision="fp8"), Capabilities(device_type="cuda", cuda_capability=(8, 0), has_torchao=True, device_name="A100"), "compute capability >= 8.9"),
+        (dict(precision="fp8"), Capabilities(device_type="cuda", cuda_capability=(9, 0), has_torchao=False, device_name="H100"), "torchao"),
+        (dict(strategy="fsdp", compression="powersgd"), CPU, "powersgd works with strategy ddp only"),
+        (dict(compression="powersgd", powersgd_start_iteration=1), CPU, "must be > 1"),
+        (dict(compression="powersgd", powersgd_rank=0), CPU, "powersgd_rank"),
+        (dict(precision="bf16"), Capabilities(device_type="cuda", bf16_supported=False, cuda_capability=(7, 0), device_name="V100"), "bf16 is not supported"),
+        (dict(compression="bf16"), Capabilities(device_type="cuda", bf16_supported=False, cuda_capability=(7, 0), device_name="V100"), "bf16 is not supported"),
+        (dict(precision="fp64"), CPU, "precision 'fp64'"),
+        (dict(strategy="zero3"), CPU, "strategy 'zero3'"),
+        (dict(compression="batched_powersgd"), CPU, "compression 'batched_powersgd'"),
+        (dict(workload="builtin:resnet"), CPU, "unknown built-in workload"),
+        (dict(workload="no_colon"), CPU, "module:function"),
+        (dict(batch_size=0), CPU, "batch_size"),
+    ],
+)
+def test_unsupported_combinations_are_refused_with_a_message(changes, caps, match):
+    with pytest.raises(ConfigError, match=match):
+        validate(C.replace(**changes), caps)
+
+
+def test_every_cpu_mode_we_offer_validates():
+    for precision in ("fp32", "tf32", "bf16", "fp16"):
+        for compression in ("none", "fp16", "bf16", "powersgd"):
+            validate(C.replace(precision=precision, compression=compression), CPU)
+        for compression in ("none", "fp16", "bf16"):
+            validate(C.replace(precision=precision, strategy="fsdp", compression=compression), CPU)
+    assert "plain fp32" in validate(C.replace(precision="tf32"), CPU)[0]
+    assert validate(C.replace(precision="fp8", strategy="fsdp"), H100) == []
+
+
+def test_fsdp_mixed_precision_policy_mapping():
+    from kubetrain_trainer.precision import PrecisionPlan
+
+    p = PrecisionPlan("bf16", "fsdp", "none", "cpu").fsdp_mp_policy()
+    assert (p.param_dtype, p.reduce_dtype, p.output_dtype) == (torch.bfloat16, torch.float32, None)
+    p = PrecisionPlan("bf16", "fsdp", "fp16", "cpu").fsdp_mp_policy(root=True)
+    assert (p.param_dtype, p.reduce_dtype, p.output_dtype) == (torch.bfloat16, torch.float16, torch.float32)
+    p = PrecisionPlan("fp32", "fsdp", "bf16", "cpu").fsdp_mp_policy(root=True)
+    assert (p.param_dtype, p.reduce_dtype) == (None, torch.bfloat16)
+    assert PrecisionPlan("fp16", "ddp", "none", "cpu").uses_grad_scaler
+    assert not PrecisionPlan("bf16", "fsdp", "none", "cpu").uses_autocast
+
+
+# -- failure classification and the termination message ----------------------------------------
+
+
+def _raised(exc_factory):
+    try:
+        exc_factory()
+    except BaseException as e:  # noqa: BLE001
+        return e
+
+
+def test_failure_classification():
+    from torch.distributed.elastic.rendezvous import RendezvousTimeoutError
+
+    cases = [
+        (ConfigError("precision fp8 needs an NVIDIA GPU"), "ConfigError", EXIT_CONFIG_ERROR),
+        (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), "OutOfMemory", EXIT_OOM),
+        (MemoryError(), "OutOfMemory", EXIT_OOM),
+        (RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"), "OutOfMemory", EXIT_OOM),
+        (RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:123"), "CommunicationTimeout", EXIT_COMM_TIMEOUT),
+        (torch.distributed.DistBackendError("NCCL communicator was aborted"), "CommunicationTimeout", EXIT_COMM_TIMEOUT),
+        (RendezvousTimeoutError("rendezvous timed out"), "CommunicationTimeout", EXIT_COMM_TIMEOUT),
+        (ValueError("timeout must be positive"), "UserError", EXIT_USER_ERROR),
+        (KeyError("hidden"), "UserError", EXIT_USER_ERROR),
+    ]
+    for exc, reason, code in cases:
+        c = failure.classify(exc)
+        assert (c.reason, c.exit_code) == (reason, code), exc
+    user = failure.classify(ValueError("bad shape\nexpected (8, 32) got (8, 31)"))
+    assert user.message == "ValueError: expected (8, 32) got (8, 31)"
+    chained = _raised(lambda: _reraise(torch.OutOfMemoryError("CUDA out of memory")))
+    assert failure.classify(chained).reason == "OutOfMemory"
+
+
+def _reraise(inner):
+    try:
+        raise inner
+    except Exception as e:
+        raise RuntimeError("step failed") from e
+
+
+def test_termination_message_format_size_and_operator_parsing(tmp_path):
+    from kubetrain.operator.failures import _from_message
+
+    exc = _raised(lambda: (_ for _ in ()).throw(ValueError("x" * 10_000)))
+    path = tmp_path / "termination-log"
+    c = failure.report_failure(exc, path, restart=1, where="rank 0/2")
+    text = path.read_text()
+    assert len(text.encode()) <= 4096
+    assert text.splitlines()[0].startswith("UserError: ValueError: xxx")
+    assert "Restart: 1" in text and "Where: rank 0/2" in text
+    assert _from_message(text)[0] == "UserError"
+    assert c.exit_code == EXIT_USER_ERROR
+    assert _from_message(failure.format_message("OutOfMemory", "CUDA out of memory"))[0] == "OOMKilled"
+
+
+def test_strongest_reason_of_an_attempt_wins_and_newer_attempts_replace(tmp_path):
+    path = tmp_path / "termination-log"
+
+    def write(reason, restart):
+        return failure.write_termination_message(path, failure.format_message(reason, "m", restart=restart), reason, restart)
+
+    assert write("OutOfMemory", 0)
+    assert not write("CommunicationTimeout", 0)  # the peer that saw rank 0 die
+    assert path.read_text().startswith("OutOfMemory:")
+    assert write("CommunicationTimeout", 1)  # a later attempt
+    assert path.read_text().startswith("CommunicationTimeout:")
+    failure.clear_termination_message(path)
+    assert path.read_text() == ""
+
+
+# -- torchrun flags and the torch-free launcher ---------------------------------------------------
+
+
+def test_build_torchrun_args_is_pure_and_needs_no_torch():
+    code = (
+        "import sys; from kubetrain_trainer.local import build_torchrun_args; "
+        "a = build_torchrun_args(min_nodes=1, max_nodes=4, nproc_per_node=8, endpoint='store:29400', rdzv_id='job-x', max_restarts=5, python='python'); "
+        "import json; print(json.dumps([a, 'torch' in sys.modules]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=child_env(), capture_output=True, text=True, check=True)
+    args, torch_loaded = json.loads(out.stdout)
+    assert not torch_loaded
+    assert args[:3] == ["python", "-m", "torch.distributed.run"]
+    for flag in ("--nnodes=1:4", "--nproc-per-node=8", "--rdzv-backend=c10d", "--rdzv-endpoint=store:29400", "--rdzv-id=job-x", "--max-restarts=5"):
+        assert flag in args
+    conf = next(a for a in args if a.startswith("--rdzv-conf="))
+    assert "is_host=false" in conf and "last_call_timeout=" in conf
+    assert args[-3:] == ["python", "-m", "kubetrain_trainer"]
+
+
+# -- PowerSGD memory repair under fp16 ----------------------------------------------------------------
+
+
+def test_powersgd_memories_are_reset_after_a_non_finite_step():
+    from kubetrain_trainer.compression import _sanitize_powersgd_memory, make_powersgd_state
+
+    state = make_powersgd_state(C.replace(compression="powersgd"))
+    state.error_dict[0] = torch.tensor([1.0, float("nan")])
+    state.p_memory_dict[0] = torch.ones(2)
+    state.q_memory_dict[0] = torch.tensor([float("inf")])
+    state.error_dict[1] = torch.ones(2)
+    assert _sanitize_powersgd_memory(state, 0)
+    assert torch.equal(state.error_dict[0], torch.zeros(2)) and 0 not in state.p_memory_dict and 0 not in state.q_memory_dict
+    assert not _sanitize_powersgd_memory(state, 1)

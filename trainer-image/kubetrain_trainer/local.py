@@ -1,0 +1,452 @@
+"""Run a job on this machine the way the operator runs it on a cluster. Torch-free.
+
+One rendezvous-store process (:mod:`.rdzv_store`) plus N torchrun agents, each
+a subprocess started with the same flags the operator gives its pods
+(:func:`kubetrain.torchrun.torchrun_args`), ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``
+and its own metrics port — so killing any agent is survivable, exactly as
+losing any pod is.
+
+Used by ``kubetrain run`` / ``make demo`` (:func:`run_local`, with a progress
+bar and a summary) and by tests and benchmarks (:class:`LocalJob`:
+``kill_agent``, ``add_agent``, ``wait``, ``status``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from kubetrain.contract import TrainerContract
+from kubetrain.torchrun import ELASTIC_ENV, RendezvousTimeouts, torchrun_args
+
+from kubetrain_trainer.status import read_status
+
+# Local agents share one host: short timeouts make a lost agent expire after
+# keep_alive_interval × keep_alive_max_attempt = 5 s and a round close
+# last_call seconds after that. Do not go below 3 attempts: an agent refreshes
+# its heartbeat only when the last one is a full interval old, so heartbeats
+# can be up to 2 intervals apart; with 1 s × 2 attempts we saw a busy but
+# healthy agent declared dead, and a second agent formed its own world.
+LOCAL_TIMEOUTS = RendezvousTimeouts(join=300, last_call=3, close=10, heartbeat=5, keep_alive_interval=1, keep_alive_max_attempt=5)
+
+_PKG_ROOT = Path(__file__).resolve().parent.parent  # .../trainer-image
+_CONTRACT_ROOT = Path(sys.modules[TrainerContract.__module__].__file__).resolve().parent.parent  # .../operator
+
+
+def build_torchrun_args(
+    *,
+    min_nodes: int,
+    max_nodes: int,
+    nproc_per_node: int,
+    endpoint: str,
+    rdzv_id: str,
+    max_restarts: int,
+    python: str = sys.executable,
+    local_addr: str | None = "127.0.0.1",
+    timeouts: RendezvousTimeouts = LOCAL_TIMEOUTS,
+    monitor_interval: float = 0.5,
+    program: tuple[str, ...] | None = None,
+) -> list[str]:
+    """The argv of one local agent: the operator's torchrun flags, run by ``python``. Pure; no torch needed."""
+    args = torchrun_args(
+        min_nodes=min_nodes,
+        max_nodes=max_nodes,
+        nproc_per_node=nproc_per_node,
+        endpoint=endpoint,
+        rdzv_id=rdzv_id,
+        max_restarts=max_restarts,
+        program=program or (python, "-m", "kubetrain_trainer"),
+        local_addr=local_addr,
+        timeouts=timeouts,
+        monitor_interval=monitor_interval,
+    )
+    return [python, *args[1:]]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _children(pid: int) -> list[int]:
+    """All descendants of ``pid`` (torchrun's workers run in their own sessions, so process groups do not find them)."""
+    try:
+        import psutil
+
+        return [p.pid for p in psutil.Process(pid).children(recursive=True)]
+    except Exception:  # noqa: BLE001 - no psutil or the process is gone: scan /proc
+        parents: dict[int, int] = {}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    stat = (entry / "stat").read_text()
+                    parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+        out, frontier = [], [pid]
+        while frontier:
+            cur = frontier.pop()
+            kids = [p for p, pp in parents.items() if pp == cur]
+            out += kids
+            frontier += kids
+        return out
+
+
+@dataclass
+class Agent:
+    index: int
+    process: subprocess.Popen
+    metrics_port: int
+    log_path: Path
+    termination_path: Path
+    error_file: Path
+    started_at: float = field(default_factory=time.time)
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.poll()
+
+
+class LocalJob:
+    """A rendezvous store and torchrun agents as local processes. Use as a context manager."""
+
+    def __init__(
+        self,
+        contract: TrainerContract,
+        *,
+        replicas: int = 2,
+        nproc_per_node: int = 1,
+        min_replicas: int = 1,
+        max_replicas: int | None = None,
+        max_restarts: int = 3,
+        workdir: str | os.PathLike | None = None,
+        timeouts: RendezvousTimeouts = LOCAL_TIMEOUTS,
+        python: str = sys.executable,
+        extra_env: dict[str, str] | None = None,
+        omp_threads: int | None = None,
+        program: tuple[str, ...] | None = None,
+    ):
+        self.replicas = replicas
+        self.nproc_per_node = nproc_per_node
+        self.min_replicas = min_replicas
+        self.max_replicas = max_replicas or replicas
+        self.max_restarts = max_restarts
+        self.timeouts = timeouts
+        self.python = python
+        self.program = program
+        self.extra_env = dict(extra_env or {})
+        self._own_workdir = workdir is None
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix=f"kubetrain-{contract.job_name}-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.status_path = self.workdir / "status.json"
+        changes = {"status_path": str(self.status_path)}
+        if not contract.pod_name:
+            changes["pod_name"] = ""
+        self.contract = contract.replace(**changes)
+        self.rdzv_id = f"{contract.job_name}-{uuid.uuid4().hex[:8]}"
+        self.rdzv_port = free_port()
+        cpus = os.cpu_count() or 1
+        self.omp_threads = omp_threads or max(1, cpus // max(1, self.max_replicas * nproc_per_node))
+        self.store: subprocess.Popen | None = None
+        self.agents: list[Agent] = []
+
+    # -- lifecycle -------------------------------------------------------------
+    def __enter__(self) -> "LocalJob":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _env(self, index: int, metrics_port: int, termination: Path, error_file: Path) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(self.contract.to_env())
+        env.update(ELASTIC_ENV)
+        env.update(
+            KUBETRAIN_POD_NAME=f"{self.contract.job_name}-local-{index}",
+            KUBETRAIN_METRICS_PORT=str(metrics_port),
+            KUBETRAIN_TERMINATION_MESSAGE_PATH=str(termination),
+            TORCHELASTIC_ERROR_FILE=str(error_file),
+            OMP_NUM_THREADS=str(self.omp_threads),
+            PYTHONUNBUFFERED="1",
+        )
+        extra = dict(self.extra_env)
+        paths = [extra.pop("PYTHONPATH", ""), str(_PKG_ROOT), str(_CONTRACT_ROOT), env.get("PYTHONPATH", "")]
+        # Agents run in the workdir: make relative entries (PYTHONPATH=examples/...) absolute.
+        entries = [str(Path(e).resolve()) for p in paths for e in p.split(os.pathsep) if e]
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(entries))
+        env.update(extra)
+        return env
+
+    def start(self) -> None:
+        store_log = open(self.workdir / "rdzv-store.log", "w")  # noqa: SIM115 - lives with the process
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([str(_PKG_ROOT), str(_CONTRACT_ROOT), env.get("PYTHONPATH", "")])).rstrip(os.pathsep)
+        self.store = subprocess.Popen(
+            [self.python, "-m", "kubetrain_trainer.rdzv_store", "--port", str(self.rdzv_port)],
+            stdout=store_log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )
+        deadline = time.monotonic() + 120
+        while not _port_open(self.rdzv_port):
+            if self.store.poll() is not None:
+                raise RuntimeError(f"the rendezvous store exited with {self.store.returncode}; see {self.workdir / 'rdzv-store.log'}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("the rendezvous store did not start listening within 120 s")
+            time.sleep(0.1)
+        for _ in range(self.replicas):
+            self.add_agent()
+
+    def add_agent(self) -> int:
+        """Start one more torchrun agent (a new "pod"); returns its index."""
+        index = len(self.agents)
+        agent_dir = self.workdir / f"agent-{index}"
+        agent_dir.mkdir(parents=True, exist_ok=True)
+        metrics_port = self.contract.metrics_port + index
+        termination = agent_dir / "termination-log"
+        error_file = agent_dir / "error.json"
+        argv = build_torchrun_args(
+            min_nodes=self.min_replicas,
+            max_nodes=self.max_replicas,
+            nproc_per_node=self.nproc_per_node,
+            endpoint=f"127.0.0.1:{self.rdzv_port}",
+            rdzv_id=self.rdzv_id,
+            max_restarts=self.max_restarts,
+            python=self.python,
+            timeouts=self.timeouts,
+            program=self.program,
+        )
+        log_path = self.workdir / f"agent-{index}.log"
+        log_fh = open(log_path, "w")  # noqa: SIM115 - lives with the process
+        proc = subprocess.Popen(
+            argv, stdout=log_fh, stderr=subprocess.STDOUT, env=self._env(index, metrics_port, termination, error_file),
+            cwd=str(self.workdir), start_new_session=True,
+        )
+        self.agents.append(Agent(index, proc, metrics_port, log_path, termination, error_file))
+        return index
+
+    def kill_agent(self, index: int, sig: int = signal.SIGKILL) -> None:
+        """Take an agent away. SIGKILL: the agent *and* its workers die at once, like a lost node.
+        SIGTERM/SIGINT: only torchrun is signalled and it forwards to its workers, like a pod deletion."""
+        agent = self.agents[index]
+        pid = agent.process.pid
+        if agent.process.poll() is not None:
+            return
+        if sig == signal.SIGKILL:
+            victims = [pid, *_children(pid)]
+            for p in victims:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(p, signal.SIGKILL)
+        else:
+            os.kill(pid, sig)
+
+    def poll(self) -> dict[int, int | None]:
+        return {a.index: a.returncode for a in self.agents}
+
+    def running(self) -> bool:
+        return any(a.returncode is None for a in self.agents)
+
+    def wait(self, timeout: float | None = None, agents: list[int] | None = None) -> dict[int, int | None]:
+        """Wait until the given agents (default: all) have exited; returns their exit codes (None: still running at timeout)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        chosen = [self.agents[i] for i in (agents if agents is not None else range(len(self.agents)))]
+        for a in chosen:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                a.process.wait(remaining)
+        return {a.index: a.returncode for a in chosen}
+
+    def status(self) -> dict | None:
+        """Global rank 0's latest progress (step, loss, tokens/s, ETA, ...)."""
+        return read_status(self.status_path)
+
+    def termination_messages(self) -> dict[int, str]:
+        out = {}
+        for a in self.agents:
+            with contextlib.suppress(OSError):
+                text = a.termination_path.read_text().strip()
+                if text:
+                    out[a.index] = text
+        return out
+
+    def logs(self, index: int) -> str:
+        with contextlib.suppress(OSError):
+            return self.agents[index].log_path.read_text(errors="replace")
+        return ""
+
+    def stop(self, grace: float = 60.0) -> None:
+        """SIGTERM running agents (they checkpoint and exit), SIGKILL what is left after ``grace``, stop the store."""
+        for a in self.agents:
+            if a.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(a.process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for a in self.agents:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                a.process.wait(max(0.0, deadline - time.monotonic()))
+            if a.returncode is None:
+                self.kill_agent(a.index, signal.SIGKILL)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    a.process.wait(10)
+        if self.store is not None and self.store.poll() is None:
+            self.store.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.store.wait(15)
+            if self.store.poll() is None:
+                self.store.kill()
+
+
+# -- kubetrain run ------------------------------------------------------------------
+
+
+@dataclass
+class LocalRunResult:
+    returncode: int
+    workdir: Path
+    status: dict | None
+    first_loss: float | None
+    agent_returncodes: dict[int, int | None]
+    termination_messages: dict[int, str]
+    metrics_urls: list[str]
+    summary: str
+
+
+def _bar(fraction: float, width: int = 24) -> str:
+    filled = int(round(max(0.0, min(1.0, fraction)) * width))
+    return "[" + "#" * filled + "-" * (width - filled) + "]"
+
+
+def _fmt_seconds(s: float | None) -> str:
+    if s is None:
+        return "?"
+    s = int(max(0, s))
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def progress_line(st: dict) -> str:
+    frac = st["step"] / max(st["max_steps"], 1)
+    return (
+        f"{_bar(frac)} step {st['step']}/{st['max_steps']}  loss {st['loss']:.4f}  "
+        f"{st['tokens_per_second']:,.0f} tokens/s  world {st['world_size']}  ETA {_fmt_seconds(st.get('eta_seconds'))}"
+    )
+
+
+def run_local(
+    contract: TrainerContract,
+    *,
+    replicas: int = 2,
+    nproc_per_node: int = 1,
+    min_replicas: int = 1,
+    max_restarts: int = 3,
+    workdir: str | os.PathLike | None = None,
+    progress: bool = True,
+    out: TextIO | None = None,
+    timeout: float | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> LocalRunResult:
+    """Run ``contract`` locally on ``replicas`` agents × ``nproc_per_node`` CPU/GPU processes; show progress; summarise.
+
+    Checkpoints go to ``contract.checkpoint_dir`` or, if empty, ``<workdir>/checkpoints``.
+    ``extra_env`` is added to every agent's environment (e.g. a PYTHONPATH for user code).
+    Ctrl-C stops the job gracefully (a checkpoint is written first).
+    """
+    out = out or sys.stdout
+    workdir = Path(workdir or tempfile.mkdtemp(prefix=f"kubetrain-{contract.job_name}-"))
+    if not contract.checkpoint_dir:
+        contract = contract.replace(checkpoint_dir=str(workdir / "checkpoints"))
+    job = LocalJob(contract, replicas=replicas, nproc_per_node=nproc_per_node, min_replicas=min_replicas,
+                   max_restarts=max_restarts, workdir=workdir, extra_env=extra_env)
+    tty = hasattr(out, "isatty") and out.isatty()
+    first_loss = None
+    last_printed_decile = -1
+    st = None
+    interrupted = False
+    print(f"kubetrain: running {contract.job_name!r} locally: {replicas} replica(s) × {nproc_per_node} process(es), "
+          f"workdir {workdir}", file=out, flush=True)
+    started = time.monotonic()
+    try:
+        job.start()
+        while job.running():
+            if timeout is not None and time.monotonic() - started > timeout:
+                print("\nkubetrain: timeout; stopping the job", file=out, flush=True)
+                break
+            time.sleep(0.5)
+            st = job.status() or st
+            if st is None or not progress:
+                continue
+            if first_loss is None and st.get("first_loss") is not None:
+                first_loss = st["first_loss"]
+            line = progress_line(st)
+            if tty:
+                print("\r" + line + " " * 4, end="", file=out, flush=True)
+            else:
+                decile = int(10 * st["step"] / max(st["max_steps"], 1))
+                if decile != last_printed_decile:
+                    last_printed_decile = decile
+                    print(line, file=out, flush=True)
+    except KeyboardInterrupt:
+        interrupted = True
+        print("\nkubetrain: interrupted; asking the trainers to checkpoint and stop", file=out, flush=True)
+    finally:
+        job.stop()
+    st = job.status() or st
+    if st and first_loss is None:
+        first_loss = st.get("first_loss")
+    if tty and progress:
+        print(file=out)
+    codes = job.poll()
+    messages = job.termination_messages()
+    completed = bool(st and st["step"] >= st["max_steps"] and any(c == 0 for c in codes.values()))
+    rc = 0 if completed else (130 if interrupted else next((c for c in codes.values() if c), 1))
+    urls = [f"http://127.0.0.1:{a.metrics_port}/metrics" for a in job.agents] if contract.metrics_enabled else []
+    summary = _summary(contract, job, st, first_loss, completed, rc, codes, messages, urls, time.monotonic() - started)
+    print(summary, file=out, flush=True)
+    return LocalRunResult(rc, workdir, st, first_loss, codes, messages, urls, summary)
+
+
+def _summary(contract, job, st, first_loss, completed, rc, codes, messages, urls, elapsed) -> str:
+    lines = [f"kubetrain: job {contract.job_name!r} {'completed' if completed else 'did not complete'} "
+             f"(exit {rc}) in {_fmt_seconds(elapsed)}"]
+    if st:
+        lines.append(f"  steps       {st.get('start_step', 0)} -> {st['step']} of {st['max_steps']} (world size {st['world_size']})")
+        if first_loss is not None:
+            lines.append(f"  loss        {first_loss:.4f} -> {st['loss']:.4f}")
+        lines.append(f"  throughput  {st['tokens_per_second']:,.0f} tokens/s (job, last steps)")
+        if st.get("mfu") is not None:
+            lines.append(f"  MFU         {st['mfu']:.1%}")
+        lines.append(f"  goodput     {st.get('goodput', 0):.1%}")
+        if st.get("checkpoint_step") is not None:
+            lines.append(f"  checkpoint  step {st['checkpoint_step']} in {contract.checkpoint_dir}")
+    else:
+        lines.append("  no step finished")
+    lines.append(f"  precision {contract.precision}, strategy {contract.strategy}, compression {contract.compression}")
+    if urls:
+        lines.append("  metrics     served while running at " + ", ".join(urls))
+    for index, msg in sorted(messages.items()):
+        lines.append(f"  agent {index}: {msg.splitlines()[0]}")
+    lines.append(f"  logs        {job.workdir}/agent-*.log")
+    return "\n".join(lines)
+
+
+def read_json(path: str | os.PathLike) -> list[dict]:
+    """Helper for tests/benchmarks: JSON lines of a sample log."""
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+__all__ = ["LocalJob", "LocalRunResult", "run_local", "build_torchrun_args", "LOCAL_TIMEOUTS", "free_port"]

@@ -1,0 +1,149 @@
+"""The worker entrypoint torchrun starts: ``python -m kubetrain_trainer``.
+
+Reads the contract, refuses impossible configurations (exit 2) before any
+collective, joins the process group (NCCL on CUDA, gloo on CPU, with the
+contract's timeout), serves metrics from local rank 0, trains, and reports a
+failure as a termination message + exit code (see :mod:`.failure`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from datetime import timedelta
+
+PROCESS_START = time.time()
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+from torch.distributed.elastic.multiprocessing.errors import get_error_handler, record  # noqa: E402
+
+from kubetrain.contract import TERMINATION_MESSAGE_PATH, TrainerContract  # noqa: E402
+
+from kubetrain_trainer.config import detect_capabilities, validate  # noqa: E402
+from kubetrain_trainer.failure import (  # noqa: E402
+    EXIT_PEER_PREEMPTED,
+    PREEMPTED,
+    ConfigError,
+    clear_termination_message,
+    format_message,
+    report_failure,
+    write_termination_message,
+)
+from kubetrain_trainer.trainer import DistEnv, StopFlag, Trainer  # noqa: E402
+
+log = logging.getLogger("kubetrain_trainer")
+
+
+def setup_logging(env: DistEnv) -> None:
+    """INFO from global rank 0 only; warnings and errors from every rank."""
+    level = logging.INFO if env.rank == 0 else logging.WARNING
+    logging.basicConfig(
+        level=level,
+        format=f"%(asctime)s [rank {env.rank}/{env.world_size}] %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+def _contract() -> TrainerContract:
+    try:
+        return TrainerContract.from_env()
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def run(env: DistEnv, stop: StopFlag) -> tuple[str, int, TrainerContract]:
+    """Everything between reading the contract and the end of training; returns (outcome, step, contract)."""
+    contract = _contract()
+    caps = detect_capabilities()
+    for warning in validate(contract, caps):
+        log.warning("%s", warning)
+    if caps.device_type == "cuda":
+        device = torch.device("cuda", env.local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group(backend=caps.backend, timeout=timedelta(seconds=contract.process_group_timeout_seconds))
+
+    from kubetrain_trainer.api import WorkloadContext, load_workload
+
+    workload = load_workload(contract.workload, WorkloadContext(contract, env.rank, env.world_size, device))
+
+    metrics = server = None
+    if contract.metrics_enabled and env.local_rank == 0:
+        from prometheus_client import CollectorRegistry
+
+        from kubetrain_trainer.metrics import TrainerMetrics, serve
+
+        registry = CollectorRegistry()
+        pod = contract.pod_name or os.environ.get("HOSTNAME", "") or "local"
+        metrics = TrainerMetrics(registry, job=contract.job_name, namespace=contract.namespace, pod=pod)
+        try:
+            server = serve(registry, contract.metrics_port)
+            log.info("metrics on :%d/metrics", contract.metrics_port)
+        except OSError as exc:
+            log.warning("metrics port %d unavailable (%s): metrics are not served", contract.metrics_port, exc)
+
+    trainer = Trainer(
+        contract, env, workload, device=device, backend=caps.backend, device_name=caps.device_name,
+        metrics=metrics, stop=stop, process_start=PROCESS_START,
+    )
+    try:
+        result = trainer.fit()
+    finally:
+        if server is not None:
+            server.shutdown()
+    if result.outcome == "completed" and result.losses:
+        log.info(
+            "done: step %d, loss %.4f -> %.4f, %.0f tokens/s (job)",
+            result.step, result.losses[0], result.losses[-1], result.tokens_per_second,
+        )
+    return result.outcome, result.step, contract
+
+
+@record
+def main() -> None:
+    env = DistEnv.from_environ()
+    setup_logging(env)
+    stop = StopFlag().install()
+    message_path = os.environ.get("KUBETRAIN_TERMINATION_MESSAGE_PATH", TERMINATION_MESSAGE_PATH)
+    where = f"rank {env.rank}/{env.world_size}, local rank {env.local_rank}, pod {os.environ.get('KUBETRAIN_POD_NAME', '')}".strip(", ")
+    try:
+        outcome, step, contract = run(env, stop)
+    except BaseException as exc:  # noqa: BLE001 - every failure is reported, then exits with its code
+        if isinstance(exc, SystemExit):
+            raise
+        classified = report_failure(exc, message_path, restart=env.restart_count, where=where)
+        log.error("%s: %s", classified.reason, classified.message, exc_info=exc)
+        get_error_handler().record_exception(exc)  # torchrun's error file, as @record would
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Skip interpreter teardown: a broken process group can hang in destructors.
+        os._exit(classified.exit_code)
+
+    if dist.is_initialized():
+        if outcome == "completed":
+            dist.destroy_process_group()
+    if outcome == "sigterm":
+        write_termination_message(
+            message_path,
+            format_message(PREEMPTED, f"stopped by signal at step {step}; checkpoint written", restart=env.restart_count, where=where),
+            PREEMPTED,
+            env.restart_count,
+        )
+        sys.exit(0)
+    if outcome == "peer_preempted":
+        log.warning("a peer was preempted; checkpoint written at step %d; exiting so the agent re-forms the group", step)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_PEER_PREEMPTED)
+    if env.local_rank == 0:
+        clear_termination_message(message_path)
+
+
+if __name__ == "__main__":
+    main()
