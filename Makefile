@@ -25,13 +25,17 @@ $(STAMP): pyproject.toml
 .PHONY: install
 install: $(STAMP) ## Create .venv with kubetrain and every extra (operator, trainer, test)
 
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
 .PHONY: tools
-tools: $(STAMP) ## Build the control plane, KWOK and helm from the Go module proxy (cached in ~/.cache/kubetrain)
+tools: $(STAMP) ## Build the control plane, KWOK and helm from the Go module proxy (cached in ~/.cache/kubetrain); install Prometheus
+	# Prometheus and promtool (Debian's package) for the metrics and alert tests.
+	command -v promtool >/dev/null || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq prometheus; }
 	$(PY) -m kubetrain.devcluster build
 
-.PHONY: crds
-crds: $(STAMP) ## Regenerate crds/ and the chart's CRD from the pydantic models
-	$(PY) -m kubetrain.cli crds
+.PHONY: crds generate
+crds generate: $(STAMP) ## Regenerate the CRD (crds/, chart), docs/api-reference.md, the dashboard and the rules
+	$(PY) -m kubetrain.cli generate
 
 .PHONY: test
 test: tools ## Run every test: unit, trainer (real torchrun on CPU), integration (real control plane)

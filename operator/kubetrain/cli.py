@@ -9,13 +9,14 @@ from pathlib import Path
 from kubetrain.api.manifests import ManifestError, load_trainingjobs
 
 
-def _cmd_crds(args: argparse.Namespace) -> int:
-    from kubetrain.api.crd import render_crd, write_crds
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from kubetrain.api.crd import render_crd
+    from kubetrain.generate import write_all
 
     if args.stdout:
         sys.stdout.write(render_crd())
         return 0
-    for path in write_crds(Path(args.repo_root)):
+    for path in write_all(Path(args.repo_root)):
         print(f"wrote {path}")
     return 0
 
@@ -48,10 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kubetrain", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    crds = sub.add_parser("crds", help="write the CRD generated from the API models into crds/ and the chart")
-    crds.add_argument("--repo-root", default=".", help="repository root (default: .)")
-    crds.add_argument("--stdout", action="store_true", help="print the CRD instead of writing files")
-    crds.set_defaults(func=_cmd_crds)
+    for name in ("generate", "crds"):
+        gen = sub.add_parser(name, help="write every generated file: the CRD (crds/, chart), the API reference, "
+                             "the Grafana dashboard and the Prometheus rules")
+        gen.add_argument("--repo-root", default=".", help="repository root (default: .)")
+        gen.add_argument("--stdout", action="store_true", help="print the CRD instead of writing files")
+        gen.set_defaults(func=_cmd_generate)
 
     validate = sub.add_parser("validate", help="validate TrainingJob manifests with the API models")
     validate.add_argument("files", nargs="+")

@@ -24,22 +24,28 @@ from kubetrain.devcluster import gpu_pool
 from kubetrain.devcluster.wait import wait_for
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class Operator:
-    def __init__(self, kubeconfig: Path, log: Path):
+    def __init__(self, kubeconfig: Path, log: Path, env: dict[str, str] | None = None):
         self.kubeconfig = kubeconfig
         self.log = log
+        self.env = env or {}  # on top of the defaults below (tests/integration/test_chart.py: the chart's env)
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port, self.metrics_port = free_port(), free_port()
         env = os.environ | {
             "KUBECONFIG": str(self.kubeconfig),
             "KUBETRAIN_STANDALONE": "true",
             "KUBETRAIN_RECONCILE_INTERVAL": "1",
+            "KUBETRAIN_METRICS_PORT": str(self.metrics_port),
             "PYTHONUNBUFFERED": "1",
-        }
+        } | self.env
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "kubetrain.operator", "--liveness", f"http://127.0.0.1:{port}/healthz"],
             env=env, stdout=self.log.open("a"), stderr=subprocess.STDOUT, start_new_session=True,

@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> None:
         namespaces=cfg.namespaces,
         standalone=cfg.standalone,
         peering_name=cfg.peering_name,
+        priority=cfg.peering_priority,
         liveness_endpoint=args.liveness,
     )
 

@@ -9,20 +9,27 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import datetime, timezone
 from typing import Any
 
 import kopf
 from kubernetes import client, config
+from prometheus_client import CollectorRegistry, start_http_server
 from pydantic import ValidationError
 
 from kubetrain.api.base import format_errors
 from kubetrain.api.models import GROUP, PLURAL, VERSION, TrainingJob
 from kubetrain.operator import builders, capacity, naming, planner
 from kubetrain.operator.kube import Kube
+from kubetrain.operator.metrics import OperatorMetrics
 from kubetrain.operator.settings import OperatorConfig
+from kubetrain.operator.throughput import PodScrapeSource, PrometheusSource, ThroughputReader
 
 CONFIG = OperatorConfig.from_env()
+REGISTRY = CollectorRegistry()
+METRICS = OperatorMetrics(REGISTRY)
+ACTIVE = ("Running", "Scaling", "Restarting")
 _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
 _state: dict[str, Any] = {}
@@ -66,6 +73,11 @@ def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any)
     except config.ConfigException:
         config.load_kube_config()
     _state["kube"] = Kube(client.ApiClient())
+    if CONFIG.metrics_port:
+        start_http_server(CONFIG.metrics_port, registry=REGISTRY)
+    source = PrometheusSource(CONFIG.prometheus_url) if CONFIG.prometheus_url else PodScrapeSource()
+    _state["throughput"] = reader = ThroughputReader(source, CONFIG.throughput_interval_seconds)
+    reader.start()
     logger.info("kubetrain operator: trainer image %s, namespaces %s", CONFIG.build.trainer_image, CONFIG.namespaces or "all")
 
 
@@ -156,6 +168,38 @@ def _status_changed(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in new.items() if old.get(k) != v}
 
 
+def _reflect_throughput(job: TrainingJob, raw: dict[str, Any], obs: planner.Observed, result: planner.Plan) -> None:
+    """Copy the job's latest throughput into its status, so `kubectl get tj` shows it."""
+    reader: ThroughputReader | None = _state.get("throughput")
+    if reader is None:
+        return
+    key = (raw["metadata"]["namespace"], job.metadata.name)
+    port = job.spec.metrics.port
+    urls = [
+        f"http://{p.body['status']['podIP']}:{port}/metrics"
+        for p in obs.pods
+        if p.role == naming.ROLE_WORKER and p.ready and (p.body.get("status") or {}).get("podIP")
+    ] if job.spec.metrics.enabled else []
+    reader.register_pods(key, urls)
+    figures = reader.get(key)
+    if figures is not None and result.status.get("phase") in ACTIVE:
+        result.status["throughput"] = figures.status()
+
+
+def _record_metrics(job: TrainingJob, raw: dict[str, Any], result: planner.Plan, memo: kopf.Memo, started: float) -> None:
+    now = time.monotonic()
+    elapsed = now - memo.get("last_reconcile", now)
+    memo["last_reconcile"] = now
+    first_running_after = None
+    if result.status.get("startTime") and not (raw.get("status") or {}).get("startTime") and not memo.get("ran"):
+        memo["ran"] = True
+        created = datetime.fromisoformat(raw["metadata"]["creationTimestamp"].replace("Z", "+00:00"))
+        first_running_after = (datetime.now(timezone.utc) - created).total_seconds()
+    METRICS.observe(raw["metadata"]["namespace"], job.metadata.name, result, result.status,
+                    job.spec.container.gpus_per_replica, elapsed, first_running_after)
+    METRICS.reconcile.observe(now - started)
+
+
 def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: logging.Logger,
               job_pods: kopf.Index, gpu_nodes: kopf.Index, gpus_in_use: kopf.Index) -> None:
     raw = plain(body)
@@ -179,12 +223,19 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: loggi
             patch.metadata.setdefault("labels", {})[naming.KUEUE_QUEUE_LABEL] = job.spec.scheduling.queue_name
         return
     with _lock(raw["metadata"]["uid"]):
+        started = time.monotonic()
         written: dict[str, Any] = memo.setdefault("status", {})
         # Our last write may not be in this body yet: never step status backwards.
         raw["status"] = {**(raw.get("status") or {}), **written}
         obs = _observe(job, raw, kube, job_pods, gpu_nodes, gpus_in_use, memo)
         result = planner.plan(job, raw, obs)
-        _execute(result, job, raw, kube, memo)
+        try:
+            _execute(result, job, raw, kube, memo)
+        except Exception:
+            METRICS.reconcile_errors.inc()
+            raise
+        _reflect_throughput(job, raw, obs, result)
+        _record_metrics(job, raw, result, memo, started)
         changes = _status_changed(raw["status"], result.status)
         if changes:
             patch.status.update(changes)
@@ -242,4 +293,7 @@ def on_delete(name: str, namespace: str, uid: str, logger: logging.Logger, **_: 
         kube.delete_pod(namespace, pod["metadata"]["name"])
     with _locks_guard:
         _locks.pop(uid, None)
+    METRICS.forget(namespace, name)
+    if (reader := _state.get("throughput")) is not None:
+        reader.register_pods((namespace, name), [])
     logger.info("deleted: pods released for garbage collection")

@@ -106,6 +106,9 @@ class Plan:
     delete_job: bool = False
     status: dict[str, Any] = field(default_factory=dict)
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
+    # For the operator's metrics: what this round decided, as data.
+    restart_reasons: list[str] = field(default_factory=list)
+    scaling_reason: str | None = None
 
 
 def _parse_time(value: str) -> datetime:
@@ -251,6 +254,7 @@ def plan(job: TrainingJob, body: dict[str, Any], obs: Observed) -> Plan:
             _retire_after_end(result, job, [w for w in workers if w is not p], store)
             result.status = st.build() | {"restarts": restarts}
             return result
+        result.restart_reasons.append(failure.reason)
         st.condition("Restarting", True, failure.reason, f"worker {p.name}: {failure.message}")
         result.events.append(("Warning", failure.reason, f"worker {p.name} ended: {failure.message}; restart {restarts} of {spec.failure_policy.max_restarts}"))
     st.set(restarts=restarts)
@@ -317,6 +321,7 @@ def plan(job: TrainingJob, body: dict[str, Any], obs: Observed) -> Plan:
     prev_desired = old.get("desiredReplicas")
     if prev_desired is not None and prev_desired != desired:
         st.set(lastScaling={"time": _iso(now), "fromReplicas": prev_desired, "toReplicas": desired, "reason": reason})
+        result.scaling_reason = reason
         result.events.append(("Normal", "Scaling", f"desired replicas {prev_desired} -> {desired}: {message}"))
     elif prev_desired is None:
         result.events.append(("Normal", "Starting", f"starting {desired} of {spec.replicas.min}..{spec.replicas.max} replicas: {message}"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 from dataclasses import dataclass, field
 
 from kubetrain.operator.builders import BuildConfig
@@ -22,6 +23,13 @@ class OperatorConfig:
     # Kopf peering: with several replicas, only the one with the highest priority acts.
     peering_name: str = "kubetrain"
     standalone: bool = False
+    # The operator's own /metrics (0 disables it).
+    metrics_port: int = 8000
+    # Where job throughput comes from: this Prometheus if set, else the pods' endpoints.
+    prometheus_url: str = ""
+    throughput_interval_seconds: float = 15.0
+    # Peers of equal priority all pause (Kopf's rule), so each pod draws its own.
+    peering_priority: int = 0
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "OperatorConfig":
@@ -32,4 +40,8 @@ class OperatorConfig:
             namespaces=_namespaces(env.get("KUBETRAIN_WATCH_NAMESPACES", "")),
             reconcile_interval_seconds=float(env.get("KUBETRAIN_RECONCILE_INTERVAL", "5")),
             standalone=env.get("KUBETRAIN_STANDALONE", "false").lower() == "true",
+            metrics_port=int(env.get("KUBETRAIN_METRICS_PORT", "8000")),
+            prometheus_url=env.get("KUBETRAIN_PROMETHEUS_URL", ""),
+            throughput_interval_seconds=float(env.get("KUBETRAIN_THROUGHPUT_INTERVAL", "15")),
+            peering_priority=int(env.get("KUBETRAIN_PEERING_PRIORITY") or random.randint(1, 2**31 - 1)),
         )

@@ -1,0 +1,158 @@
+"""Each job's live throughput, read from the trainer's metrics for the job's status.
+
+Two sources, one aggregation (``promql``'s: tokens/s and samples/s summed over
+the job's pods, the step as their maximum):
+
+- ``PrometheusSource``: when the operator knows a Prometheus (``KUBETRAIN_PROMETHEUS_URL``),
+  one query per figure covers every job at once; the pods are never touched.
+- ``PodScrapeSource``: otherwise the operator reads each running job's worker
+  endpoints itself, at the reader's interval (default 30 s): one small GET per
+  pod, far below what Prometheus would do.
+
+A background thread refreshes a snapshot; reconciles only read it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from kubetrain.observability import promql
+
+log = logging.getLogger("kubetrain.operator.throughput")
+JobKey = tuple[str, str]  # (namespace, job)
+
+
+@dataclass(frozen=True)
+class Throughput:
+    tokens_per_second: float | None = None
+    samples_per_second: float | None = None
+    step: int | None = None
+    observed: datetime | None = None
+
+    def status(self) -> dict:
+        out = {"observedTime": (self.observed or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")}
+        if self.tokens_per_second is not None:
+            out["tokensPerSecond"] = round(self.tokens_per_second, 1)
+        if self.samples_per_second is not None:
+            out["samplesPerSecond"] = round(self.samples_per_second, 2)
+        if self.step is not None:
+            out["step"] = int(self.step)
+        return out
+
+
+class PrometheusSource:
+    def __init__(self, url: str, timeout: float = 5.0):
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+
+    def _query(self, expr: str) -> dict[JobKey, float]:
+        qs = urllib.parse.urlencode({"query": expr})
+        with urllib.request.urlopen(f"{self.url}/api/v1/query?{qs}", timeout=self.timeout) as resp:
+            body = json.load(resp)
+        out = {}
+        for sample in body.get("data", {}).get("result", []):
+            labels = sample["metric"]
+            if "namespace" in labels and "job" in labels:
+                out[(labels["namespace"], labels["job"])] = float(sample["value"][1])
+        return out
+
+    def read(self) -> dict[JobKey, Throughput]:
+        tokens = self._query(promql.tokens_per_second())
+        samples = self._query(promql.samples_per_second())
+        steps = self._query(promql.step())
+        now = datetime.now(timezone.utc)
+        return {
+            key: Throughput(tokens.get(key), samples.get(key), int(steps[key]) if key in steps else None, now)
+            for key in set(tokens) | set(samples) | set(steps)
+        }
+
+
+def aggregate_expositions(texts: list[str]) -> Throughput:
+    """The job's figures from its pods' /metrics texts (the same aggregation as ``promql``)."""
+    tokens = samples = 0.0
+    step: float | None = None
+    seen = False
+    for text in texts:
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if s.name == "kubetrain_trainer_tokens_per_second":
+                    tokens += s.value
+                    seen = True
+                elif s.name == "kubetrain_trainer_samples_per_second":
+                    samples += s.value
+                elif s.name == "kubetrain_trainer_step":
+                    step = s.value if step is None else max(step, s.value)
+    if not seen and step is None:
+        return Throughput()
+    return Throughput(tokens, samples, int(step) if step is not None else None, datetime.now(timezone.utc))
+
+
+class PodScrapeSource:
+    def __init__(self, timeout: float = 3.0):
+        self.timeout = timeout
+        self._targets: dict[JobKey, list[str]] = {}
+        self._lock = threading.Lock()
+
+    def register(self, key: JobKey, urls: list[str]) -> None:
+        with self._lock:
+            if urls:
+                self._targets[key] = urls
+            else:
+                self._targets.pop(key, None)
+
+    def _get(self, url: str) -> str | None:
+        try:
+            with urllib.request.urlopen(url, timeout=self.timeout) as resp:
+                return resp.read().decode()
+        except OSError:
+            return None  # a pod between restarts: try again next round
+
+    def read(self) -> dict[JobKey, Throughput]:
+        with self._lock:
+            targets = dict(self._targets)
+        out = {}
+        for key, urls in targets.items():
+            texts = [t for t in (self._get(u) for u in urls) if t]
+            if texts and (tp := aggregate_expositions(texts)).observed is not None:
+                out[key] = tp
+        return out
+
+
+class ThroughputReader:
+    """Refreshes a snapshot of every job's throughput in a background thread."""
+
+    def __init__(self, source: PrometheusSource | PodScrapeSource, interval: float):
+        self.source = source
+        self.interval = interval
+        self._snapshot: dict[JobKey, Throughput] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="kubetrain-throughput", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def get(self, key: JobKey) -> Throughput | None:
+        return self._snapshot.get(key)
+
+    def register_pods(self, key: JobKey, urls: list[str]) -> None:
+        if isinstance(self.source, PodScrapeSource):
+            self.source.register(key, urls)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._snapshot = self.source.read()
+            except Exception as exc:  # noqa: BLE001 - a down Prometheus must not stop the operator
+                log.warning("reading throughput failed: %s", exc)
+            self._stop.wait(self.interval)

@@ -1,0 +1,113 @@
+"""The generated rules: promtool checks them, and unit-tests every alert firing and not firing."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kubetrain.observability.rules import AlertSettings, alerts, rule_groups
+
+PROMTOOL = shutil.which("promtool")
+pytestmark = pytest.mark.skipif(PROMTOOL is None, reason="promtool is installed by `make tools` (Debian's prometheus)")
+
+
+def _series(metric: str, values: str, **labels: str) -> dict:
+    inner = ", ".join(f'{k}="{v}"' for k, v in labels.items())
+    return {"series": f"{metric}{{{inner}}}", "values": values}
+
+
+def _job(job: str, **extra: str) -> dict:
+    return {"namespace": "ml", "job": job, **extra}
+
+
+def _running(job: str, minutes: int = 120) -> dict:
+    return _series("kubetrain_operator_job_phase", f"1x{minutes}", **_job(job, phase="Running"))
+
+
+def _expected(name: str, job: str) -> dict:
+    rule = next(r for r in alerts(AlertSettings()) if r["alert"] == name)
+    subst = lambda text: text.replace("{{ $labels.namespace }}", "ml").replace("{{ $labels.job }}", job)  # noqa: E731
+    return {
+        "exp_labels": {"severity": rule["labels"]["severity"], "namespace": "ml", "job": job,
+                       **({"phase": "Failed"} if name == "KubetrainJobFailed" else {})},
+        "exp_annotations": {k: subst(v) for k, v in rule["annotations"].items()},
+    }
+
+
+# Each case: series for a job that must alert ("bad") and one that must not ("good").
+CASES = {
+    "KubetrainJobStalled": (
+        [_series("kubetrain_trainer_step", "100x60", **_job("bad", pod="bad-w0-0")), _running("bad"),
+         _series("kubetrain_trainer_step", "0+10x60", **_job("good", pod="good-w0-0")), _running("good")],
+        "30m",
+    ),
+    "KubetrainThroughputDropped": (
+        [_series("kubetrain_trainer_tokens_per_second", "1000x60 100x60", **_job("bad", pod="bad-w0-0")),
+         _series("kubetrain_trainer_tokens_per_second", "1000x120", **_job("good", pod="good-w0-0"))],
+        "80m",
+    ),
+    "KubetrainRestartsClimbing": (
+        [_series("kubetrain_operator_restarts_total", "0 1 2 3 4x60", **_job("bad", reason="NodeLost")),
+         _series("kubetrain_operator_restarts_total", "0 1x60", **_job("good", reason="NodeLost"))],
+        "10m",
+    ),
+    "KubetrainGPUsIdle": (
+        [_series("kubetrain_trainer_gpu_utilization_ratio", "0.02x60", **_job("bad", pod="bad-w0-0", local_rank="0")), _running("bad"),
+         _series("kubetrain_trainer_gpu_utilization_ratio", "0.9x60", **_job("good", pod="good-w0-0", local_rank="0")), _running("good")],
+        "30m",
+    ),
+    "KubetrainJobFailed": (
+        [_series("kubetrain_operator_job_phase", "0 0 1x10", **_job("bad", phase="Failed")),
+         _series("kubetrain_operator_job_phase", "0x12", **_job("good", phase="Failed"))],
+        "5m",
+    ),
+    "KubetrainCheckpointStale": (
+        # Timestamps in seconds since the test's epoch: "bad" checkpointed at t=0 and never again.
+        [_series("kubetrain_trainer_last_checkpoint_timestamp_seconds", "0x120", **_job("bad", pod="bad-w0-0")), _running("bad"),
+         _series("kubetrain_trainer_last_checkpoint_timestamp_seconds", "0+60x120", **_job("good", pod="good-w0-0")), _running("good")],
+        "90m",
+    ),
+}
+
+
+def _write_rules(tmp_path: Path) -> Path:
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump(rule_groups(), sort_keys=False))
+    return path
+
+
+def test_promtool_checks_the_rules(tmp_path):
+    proc = subprocess.run([PROMTOOL, "check", "rules", str(_write_rules(tmp_path))], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "SUCCESS: 15 rules found" in proc.stdout
+
+
+def test_every_alert_has_a_case():
+    assert set(CASES) == {r["alert"] for r in alerts(AlertSettings())}
+
+
+@pytest.mark.parametrize("alert", sorted(CASES))
+def test_alert_fires_for_the_bad_job_only(tmp_path, alert):
+    series, at = CASES[alert]
+    rules = _write_rules(tmp_path)
+    test = {
+        "rule_files": [rules.name],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": series,
+            "alert_rule_test": [
+                {"eval_time": at, "alertname": alert, "exp_alerts": [_expected(alert, "bad")]},
+                # At the very start nothing has gone wrong long enough.
+                {"eval_time": "0m", "alertname": alert, "exp_alerts": []},
+            ],
+        }],
+    }
+    path = tmp_path / "test.yaml"
+    path.write_text(yaml.safe_dump(test, sort_keys=False))
+    proc = subprocess.run([PROMTOOL, "test", "rules", str(path)], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
