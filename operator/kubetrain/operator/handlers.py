@@ -15,6 +15,7 @@ from typing import Any
 
 import kopf
 from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry, start_http_server
 from pydantic import ValidationError
 
@@ -231,6 +232,12 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: loggi
         result = planner.plan(job, raw, obs)
         try:
             _execute(result, job, raw, kube, memo)
+        except ApiException as exc:
+            METRICS.reconcile_errors.inc()
+            if exc.status == 403 and "NamespaceTerminating" in (exc.body or ""):
+                return  # the namespace, and the job with it, is going away
+            # Transient API trouble (throttling, conflicts, a restarting apiserver): retry, say why, no traceback.
+            raise kopf.TemporaryError(f"Kubernetes API answered {exc.status} {exc.reason}; retrying", delay=RETRY_BACKOFF) from None
         except Exception:
             METRICS.reconcile_errors.inc()
             raise
