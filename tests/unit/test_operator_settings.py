@@ -1,0 +1,18 @@
+"""The operator's environment (what the Helm chart's Deployment sets)."""
+
+from kubetrain.operator.settings import OperatorConfig
+
+
+def test_chart_environment_is_read():
+    cfg = OperatorConfig.from_env({"KUBETRAIN_TRAINER_IMAGE": "registry/trainer:1.2", "KUBETRAIN_WATCH_NAMESPACES": "a, b,",
+                                   "KUBETRAIN_STANDALONE": "true", "KUBETRAIN_RECONCILE_INTERVAL": "1",
+                                   "KUBETRAIN_PEERING_PRIORITY": "7"})
+    assert cfg.build.trainer_image == "registry/trainer:1.2" and cfg.namespaces == ["a", "b"]
+    assert cfg.standalone and cfg.reconcile_interval_seconds == 1.0 and cfg.peering_priority == 7
+
+
+def test_each_replica_draws_its_own_peering_priority():
+    # Kopf pauses every peer when two share a priority: replicas must not.
+    priorities = {OperatorConfig.from_env({}).peering_priority for _ in range(5)}
+    assert len(priorities) > 1 and all(p > 0 for p in priorities)
+    assert OperatorConfig.from_env({}).namespaces == [] and not OperatorConfig.from_env({}).standalone
