@@ -7,6 +7,8 @@ The chart on a real apiserver is tests/integration/test_chart.py.
 from __future__ import annotations
 
 import json
+import subprocess
+import shutil
 import tomllib
 
 import pytest
@@ -192,19 +194,43 @@ def test_peering_crds_ship_with_the_chart():
                                                                 "kopfpeerings.kopf.dev": "Namespaced"}
 
 
-def test_monitoring_placeholders_are_off_by_default_and_wired_when_on():
+def test_monitoring_is_off_by_default_and_complete_when_on(tmp_path):
+    from kubetrain.observability.dashboard import render_dashboard
+    from kubetrain.observability.rules import rule_groups
+
     kinds = {d["kind"] for d in render()}
     assert not kinds & {"PodMonitor", "PrometheusRule", "ConfigMap"}
-    docs = render(MONITORING | {"monitoring.podMonitor.labels": {"release": "prom"}, "monitoring.dashboards.namespace": "grafana"})
-    (monitor,) = find(docs, "PodMonitor")
-    assert monitor["metadata"]["labels"]["release"] == "prom"
-    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
-    assert monitor["spec"]["selector"]["matchLabels"] == find(docs, "Deployment")[0]["spec"]["selector"]["matchLabels"]
+    docs = render(MONITORING | {"monitoring.podMonitor.labels": {"release": "prom"}, "monitoring.dashboards.namespace": "grafana",
+                                "prometheusUrl": "http://prom.monitoring:9090"})
+    monitors = {m["metadata"]["name"]: m for m in find(docs, "PodMonitor")}
+    operator_monitor, trainers = monitors["kt-kubetrain"], monitors["kt-kubetrain-trainers"]
+    assert operator_monitor["metadata"]["labels"]["release"] == "prom"
+    assert operator_monitor["spec"]["selector"]["matchLabels"] == find(docs, "Deployment")[0]["spec"]["selector"]["matchLabels"]
+    assert trainers["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/name": "kubetrain", "kubetrain.dev/role": "worker"}
+    assert trainers["spec"]["namespaceSelector"] == {"any": True}
+    # The trainer's job/namespace labels name the TrainingJob: they must win over the scrape target's.
+    assert all(ep["honorLabels"] and ep["port"] == "metrics" for m in monitors.values() for ep in m["spec"]["podMetricsEndpoints"])
     (rule,) = find(docs, "PrometheusRule")
-    assert rule["spec"]["groups"][0]["rules"][0]["alert"] == "KubetrainOperatorDown"
+    groups = rule["spec"]["groups"]
+    # The chart's default thresholds are the code's: the rendered rules equal the generated ones.
+    assert groups[:2] == rule_groups()["groups"]
+    assert groups[2]["rules"][0]["alert"] == "KubetrainOperatorDown"
+    if shutil.which("promtool"):
+        path = tmp_path / "rules.yaml"
+        path.write_text(yaml.safe_dump({"groups": groups}))
+        proc = subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
     (dashboards,) = find(docs, "ConfigMap")
     assert dashboards["metadata"]["namespace"] == "grafana" and dashboards["metadata"]["labels"]["grafana_dashboard"] == "1"
-    assert all(json.loads(v)["title"] for v in dashboards["data"].values())
+    assert json.loads(dashboards["data"]["kubetrain-training.json"]) == json.loads(render_dashboard())
+    assert container_env(operator_container(docs))["KUBETRAIN_PROMETHEUS_URL"] == "http://prom.monitoring:9090"
+
+
+def test_alert_thresholds_are_chart_values():
+    docs = render(MONITORING | {"monitoring.alerts.stalledWindow": "45m", "monitoring.alerts.checkpointMaxAgeSeconds": "600"})
+    rules = {r.get("alert"): r for g in find(docs, "PrometheusRule")[0]["spec"]["groups"] for r in g["rules"]}
+    assert "[45m]" in rules["KubetrainJobStalled"]["expr"] and "> 600" in rules["KubetrainCheckpointStale"]["expr"]
+    assert "@@" not in template(MONITORING)
 
 
 def test_every_value_is_documented_in_values_yaml_and_docs():
