@@ -212,7 +212,12 @@ def test_ttl_deletes_the_finished_job(cluster, jobs):
     jobs.wait("shortlived", lambda s: s.get("readyReplicas") == 1, "ready", 60)
     gpu_pool.finish_pod(cluster.api, jobs.ns, "shortlived-w0-0", 0)
     jobs.wait_phase("shortlived", "Succeeded", 60)
-    wait_for(lambda: not jobs.exists("shortlived"), timeout=60, what="TTL deletion")
+    try:
+        wait_for(lambda: not jobs.exists("shortlived"), timeout=60, what="TTL deletion")
+    except Exception:
+        left = jobs.get("shortlived")["metadata"]
+        raise AssertionError(f"still there: finalizers={left.get('finalizers')} deletionTimestamp={left.get('deletionTimestamp')}"
+                             f" annotations={left.get('annotations')}") from None
 
 
 def test_deleting_a_job_leaves_nothing_behind(jobs):

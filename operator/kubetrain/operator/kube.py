@@ -98,7 +98,10 @@ class Kube:
 
     def delete_job(self, namespace: str, name: str) -> None:
         try:
-            self.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+            # Background: the job goes at once and the garbage collector removes its pods after;
+            # never foreground, which would keep the job until every pod is gone.
+            self.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name,
+                                                        propagation_policy="Background")
         except ApiException as exc:
             if exc.status != 404:
                 raise
