@@ -62,3 +62,12 @@ run: $(STAMP) ## Run the operator from source against KUBECONFIG (default: the m
 	export KUBECONFIG="$${KUBECONFIG:-$(KUBECONFIG_DEV)}"; \
 	kubectl get crd trainingjobs.kubetrain.dev >/dev/null 2>&1 || kubectl apply --server-side -f crds/; \
 	KUBETRAIN_STANDALONE=$${KUBETRAIN_STANDALONE:-true} $(PY) -m kubetrain.operator
+
+.PHONY: chart-lint
+chart-lint: $(STAMP) ## Lint the Helm chart and the Dockerfiles offline (helm lint, values schema, kubeconform, hadolint)
+	$(PY) -m kubetrain.devcluster build helm kubeconform
+	$(PY) -m pytest tests/unit/test_chart_offline.py tests/unit/test_dockerfiles.py $(PYTEST_ARGS)
+
+.PHONY: chart-docs
+chart-docs: $(STAMP) ## Regenerate the values table in docs/helm.md from charts/kubetrain/values.yaml
+	$(PY) tests/support/chart.py
