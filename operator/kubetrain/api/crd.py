@@ -271,16 +271,6 @@ def crd_targets(repo_root: Path) -> list[Path]:
     return [repo_root / "crds" / CRD_FILE, repo_root / "charts" / "kubetrain" / "crds" / CRD_FILE]
 
 
-def write_crds(repo_root: Path) -> list[Path]:
-    """Write the CRD copies and the field reference; return their paths."""
-    written = []
-    for target, text in generated_files(repo_root).items():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text)
-        written.append(target)
-    return written
-
-
 def generated_files(repo_root: Path) -> dict[Path, str]:
     """Every checked-in file generated from the models, with its content now."""
     from kubetrain.api.reference import reference_path, render_reference
@@ -289,8 +279,3 @@ def generated_files(repo_root: Path) -> dict[Path, str]:
     files = {target: text for target in crd_targets(repo_root)}
     files[reference_path(repo_root)] = render_reference()
     return files
-
-
-def drifted(repo_root: Path) -> list[Path]:
-    """Generated files whose checked-in copy differs from what the models generate now."""
-    return [p for p, text in generated_files(repo_root).items() if not p.is_file() or p.read_text() != text]

@@ -40,6 +40,9 @@ class Component:
     name: str
     version: str
     binaries: tuple[str, ...]
+    # Built by ``ensure()``/``build`` without arguments. Components only a
+    # benchmark needs are built when named.
+    default: bool = True
 
     @property
     def bin_dir(self) -> Path:
@@ -55,7 +58,12 @@ COMPONENTS = {
     "kwok": Component("kwok", versions.KWOK, ("kwok",)),
     "helm": Component("helm", versions.HELM, ("helm",)),
     "kubeconform": Component("kubeconform", versions.KUBECONFORM, ("kubeconform",)),
+    "training-operator": Component("training-operator", versions.TRAINING_OPERATOR, ("training-operator.v1",), default=False),
 }
+
+TRAINING_OPERATOR_MODULE = "github.com/kubeflow/training-operator"
+# The CRDs the benchmark installs, copied from the module next to the binary.
+TRAINING_OPERATOR_CRDS = ("kubeflow.org_pytorchjobs.yaml",)
 
 
 def binary(tool: str) -> Path:
@@ -169,12 +177,38 @@ def build_helm(comp: Component) -> None:
     _go_install(comp, "helm.sh/helm/v3/cmd/helm", ldflags)
 
 
+def crd_dir(comp: Component) -> Path:
+    return comp.bin_dir.parent / "crds"
+
+
+def build_training_operator(comp: Component) -> None:
+    # No replace directives in its go.mod (checked for v1.9.3), so a plain
+    # `go install` works; its CRDs come from the same module download.
+    _go_install(comp, f"{TRAINING_OPERATOR_MODULE}/cmd/training-operator.v1")
+    copy_training_operator_crds(comp)
+
+
+def copy_training_operator_crds(comp: Component) -> Path:
+    """Copy the PyTorchJob CRD out of the Go module cache into the component's folder; return that folder."""
+    out = crd_dir(comp)
+    if all((out / f).is_file() for f in TRAINING_OPERATOR_CRDS):
+        return out
+    info = json.loads(_go(["mod", "download", "-json", f"{TRAINING_OPERATOR_MODULE}@{comp.version}"], cache_root(),
+                          {"GOFLAGS": ""}))
+    src = Path(info["Dir"]) / "manifests" / "base" / "crds"
+    out.mkdir(parents=True, exist_ok=True)
+    for name in TRAINING_OPERATOR_CRDS:
+        shutil.copyfile(src / name, out / name)
+    return out
+
+
 BUILDERS = {
     "kubernetes": build_kubernetes,
     "etcd": build_etcd,
     "kwok": lambda c: _go_install(c, "sigs.k8s.io/kwok/cmd/kwok"),
     "helm": build_helm,
     "kubeconform": lambda c: _go_install(c, "github.com/yannh/kubeconform/cmd/kubeconform"),
+    "training-operator": build_training_operator,
 }
 
 
@@ -185,7 +219,7 @@ def ensure(names: list[str] | None = None) -> dict[str, str]:
     decides which tests can still run.
     """
     failures: dict[str, str] = {}
-    for name in names or list(COMPONENTS):
+    for name in names or [n for n, c in COMPONENTS.items() if c.default]:
         comp = COMPONENTS[name]
         if comp.is_built():
             log.info("%s %s: cached in %s", name, comp.version, comp.bin_dir)
@@ -204,7 +238,8 @@ def ensure(names: list[str] | None = None) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("components", nargs="*", choices=[*COMPONENTS, []], help="default: all")
+    parser.add_argument("components", nargs="*", choices=[*COMPONENTS, []],
+                        help="default: all but the benchmark-only ones (training-operator)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     failures = ensure(args.components or None)

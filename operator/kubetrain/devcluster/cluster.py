@@ -52,6 +52,8 @@ class Settings:
     unreachable_toleration_s: int = 10
     start_timeout_s: float = 120.0
     stop_timeout_s: float = 15.0
+    # Appended to kube-apiserver's flags (the benchmarks turn on audit logging with them).
+    apiserver_extra_args: tuple[str, ...] = ()
 
 
 @dataclass
@@ -151,6 +153,12 @@ class LocalCluster:
     @property
     def log_dir(self) -> Path:
         return self.state_dir / "logs"
+
+    def client_kubeconfig(self, user: str, groups: tuple[str, ...] = ("system:masters",)) -> Path:
+        """A kubeconfig for a new certificate identity ``user`` (default: an admin), so the audit log can tell clients apart."""
+        if self._pki is None:
+            raise ClusterError("the cluster's PKI exists only after start()")
+        return pki.write_client_kubeconfig(self._pki, self.api_url, self.state_dir / f"kubeconfig-{user}", user, groups)
 
     def api_client(self):
         """A ``kubernetes.client.ApiClient`` authenticated as the admin."""
@@ -317,6 +325,7 @@ class LocalCluster:
             "--allow-privileged=true",
             f"--default-not-ready-toleration-seconds={s.not_ready_toleration_s}",
             f"--default-unreachable-toleration-seconds={s.unreachable_toleration_s}",
+            *s.apiserver_extra_args,
         ], (self.ports.apiserver,))
         ctx = self._api_ssl_context()
         self._wait("kube-apiserver", lambda: _https_get(f"{self.api_url}/readyz", ctx) == "ok",

@@ -5,3 +5,6 @@ ETCD = "v3.6.16"
 KWOK = "v0.8.0"
 HELM = "v3.21.4"
 KUBECONFORM = "v0.7.0"
+# Kubeflow's PyTorchJob operator, the baseline of the control-plane benchmark
+# (bench/control_plane.py). Not part of the cluster: built only when named.
+TRAINING_OPERATOR = "v1.9.3"

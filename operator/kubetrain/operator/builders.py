@@ -71,17 +71,21 @@ def _placement(job: TrainingJob, *, with_selectors: bool) -> dict[str, Any]:
     return out
 
 
+def _store_metadata(job: TrainingJob, body: dict[str, Any]) -> dict[str, Any]:
+    """The store pod and its Service share a name, labels and owner."""
+    return {
+        "name": naming.store_name(job.metadata.name),
+        "namespace": body["metadata"]["namespace"],
+        "labels": naming.common_labels(job.metadata.name, naming.ROLE_STORE),
+        "ownerReferences": [owner_reference(body)],
+    }
+
+
 def store_service(job: TrainingJob, body: dict[str, Any]) -> dict[str, Any]:
-    name = naming.store_name(job.metadata.name)
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {
-            "name": name,
-            "namespace": body["metadata"]["namespace"],
-            "labels": naming.common_labels(job.metadata.name, naming.ROLE_STORE),
-            "ownerReferences": [owner_reference(body)],
-        },
+        "metadata": _store_metadata(job, body),
         "spec": {
             "selector": {naming.LABEL_JOB: job.metadata.name, naming.LABEL_ROLE: naming.ROLE_STORE},
             "ports": [{"name": "c10d", "port": STORE_PORT, "targetPort": STORE_PORT, "protocol": "TCP"}],
@@ -93,16 +97,10 @@ def store_service(job: TrainingJob, body: dict[str, Any]) -> dict[str, Any]:
 
 def store_pod(job: TrainingJob, body: dict[str, Any], cfg: BuildConfig) -> dict[str, Any]:
     """The rendezvous store: a TCPStore in its own small pod, so no worker loss can take it down."""
-    name = naming.store_name(job.metadata.name)
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {
-            "name": name,
-            "namespace": body["metadata"]["namespace"],
-            "labels": naming.common_labels(job.metadata.name, naming.ROLE_STORE),
-            "ownerReferences": [owner_reference(body)],
-        },
+        "metadata": _store_metadata(job, body),
         "spec": {
             "restartPolicy": "Always",
             "enableServiceLinks": False,
