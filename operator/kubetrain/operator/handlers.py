@@ -66,6 +66,11 @@ def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any)
     settings.watching.client_timeout = 330
     # Sync handlers run in threads; reconciles of different jobs proceed in parallel.
     settings.execution.max_workers = 8
+    # A job deleted while its reconcile timer runs (TTL deletes from inside it) waits for the
+    # timer to stop. Kopf re-checks a stopping timer only every 60 s by default; our reconciles
+    # take milliseconds, so wait half a second for them and poll every 2 s after that.
+    settings.background.instant_exit_timeout = 0.5
+    settings.background.cancellation_polling = 2.0
     settings.peering.name = CONFIG.peering_name
     settings.peering.standalone = CONFIG.standalone
     settings.peering.mandatory = not CONFIG.standalone
