@@ -71,3 +71,7 @@ chart-lint: $(STAMP) ## Lint the Helm chart and the Dockerfiles offline (helm li
 .PHONY: chart-docs
 chart-docs: $(STAMP) ## Regenerate the values table in docs/helm.md from charts/kubetrain/values.yaml
 	$(PY) tests/support/chart.py
+
+.PHONY: bench
+bench: tools ## Run every benchmark (~30 min on 2 cores) into bench/results/; BENCH_ARGS=--quick for a smoke run
+	$(PY) -m bench $(BENCH_ARGS)

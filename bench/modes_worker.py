@@ -1,0 +1,90 @@
+"""Worker of bench/trainer_modes.py: every precision × strategy × compression mode, in rounds, in ONE torchrun launch.
+
+    torchrun --standalone --nproc-per-node=P bench/modes_worker.py SPEC.json OUT.json
+
+For each round, every mode (in an order rotated by the round, so no mode
+always runs first or last) builds a fresh model and trains it for ``steps``
+steps through the real ``Trainer`` (our DDP comm hooks or FSDP2 with counting
+comms, autocast / GradScaler / MixedPrecisionPolicy), on CUDA with NCCL when
+there is a GPU, else on CPU with gloo. A mode the trainer refuses here
+(``config.validate``: fp8 without a Hopper GPU, fsdp + powersgd) is recorded
+once with the reason. Rank 0 writes step times and bytes per step.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import sys
+import time
+import traceback
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from kubetrain.contract import TrainerContract
+from kubetrain_trainer.api import WorkloadContext, load_workload
+from kubetrain_trainer.config import detect_capabilities, validate
+from kubetrain_trainer.trainer import DistEnv, Trainer
+
+
+def main() -> None:
+    spec = json.loads(open(sys.argv[1]).read())
+    out_path = sys.argv[2]
+    caps = detect_capabilities()
+    env = DistEnv.from_environ()
+    if caps.device_type == "cuda":
+        device = torch.device("cuda", env.local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    dist.init_process_group(caps.backend, timeout=timedelta(seconds=300))
+    base = TrainerContract(job_name="bench-modes", namespace="bench", metrics_enabled=False, checkpoint_dir="",
+                           **spec["contract"])
+    modes = [tuple(m) for m in spec["modes"]]
+    records: list[dict] = []
+    refused: dict[str, str] = {}
+    for rnd in range(spec["rounds"]):
+        shift = (rnd * 7) % len(modes)
+        order = modes[shift:] + modes[:shift]
+        for precision, strategy, compression in order:
+            key = f"{precision}/{strategy}/{compression}"
+            if key in refused:
+                continue
+            contract = base.replace(precision=precision, strategy=strategy, compression=compression)
+            try:
+                validate(contract, caps)
+            except Exception as exc:  # noqa: BLE001 - refused here: recorded, not timed
+                refused[key] = f"{type(exc).__name__}: {exc}"
+                continue
+            rec = {"mode": key, "round": rnd}
+            try:
+                workload = load_workload(contract.workload, WorkloadContext(contract, env.rank, env.world_size, device))
+                trainer = Trainer(contract, env, workload, device=device, backend=caps.backend, device_name=caps.device_name)
+                t0 = time.monotonic()
+                res = trainer.fit()
+                rec.update(ok=True, seconds=time.monotonic() - t0, step_seconds=res.step_seconds, comm_bytes=res.comm_bytes,
+                           first_loss=res.losses[0], last_loss=res.losses[-1],
+                           params=sum(p.numel() for p in trainer.model.parameters()))
+                del trainer, workload
+            except Exception as exc:  # noqa: BLE001 - recorded; the other modes still run
+                rec.update(ok=False, error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()[-3000:])
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            dist.barrier()
+            records.append(rec)
+            if env.rank == 0:
+                st = rec.get("step_seconds") or [0]
+                print(f"round {rnd} {key}: {'ok' if rec.get('ok') else rec.get('error')} "
+                      f"{1000 * sorted(st)[len(st) // 2]:.1f} ms", flush=True)
+    if env.rank == 0:
+        with open(out_path, "w") as fh:
+            json.dump({"device": str(device), "device_name": caps.device_name, "backend": caps.backend,
+                       "world_size": env.world_size, "records": records, "refused": refused}, fh)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

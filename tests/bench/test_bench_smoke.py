@@ -1,0 +1,85 @@
+"""Every benchmark runs in its quickest mode and writes results that match its schema.
+
+Smoke only: the figures of a ``--quick`` run mean nothing and nothing here
+asserts on a time. The trainer benchmarks start real torchrun processes
+(marked ``torchrun``, ~30 s each); the control-plane one starts the local
+control plane and both operators (marked ``integration``; it builds
+training-operator from the Go module proxy the first time, ~3 min).
+Results go to a temp dir, never to bench/results/.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from bench.schema import schema_for  # noqa: E402
+
+
+def run_quick(name: str, out: Path, timeout: float) -> dict:
+    proc = subprocess.run([sys.executable, "-m", f"bench.{name}", "--quick", "--out", str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    doc = json.loads((out / f"{name}.json").read_text())
+    jsonschema.validate(doc, schema_for(name))
+    assert doc["quick"] is True
+    md = (out / f"{name}.md").read_text()
+    assert doc["question"] in md and "quick smoke run" in md
+    return doc
+
+
+@pytest.mark.torchrun
+@pytest.mark.timeout(300)
+def test_trainer_overhead_quick(tmp_path):
+    doc = run_quick("trainer_overhead", tmp_path, 280)
+    assert doc["errors"] == [], doc["errors"]
+    assert {r["side"] for r in doc["results"]["runs"]} == {"kubetrain", "plain", "pair"}
+
+
+@pytest.mark.torchrun
+@pytest.mark.timeout(300)
+def test_trainer_modes_quick(tmp_path):
+    doc = run_quick("trainer_modes", tmp_path, 280)
+    assert doc["errors"] == [], doc["errors"]
+    modes = doc["results"]["modes"]
+    assert modes["fp32/ddp/fp16"]["bytes_per_step"] * 2 == modes["fp32/ddp/none"]["bytes_per_step"]
+    assert modes["fp32/ddp/powersgd"]["bytes_per_step"] < modes["fp32/ddp/powersgd"]["bytes_first_step"]
+    if not doc["machine"]["gpu"]["cuda"]:
+        assert "fp8/ddp/none" in doc["results"]["refused"]
+
+
+@pytest.mark.torchrun
+@pytest.mark.timeout(300)
+def test_trainer_elastic_quick(tmp_path):
+    doc = run_quick("trainer_elastic", tmp_path, 280)
+    assert doc["errors"] == [], doc["errors"]
+    assert {e["event"] for e in doc["results"]["events"]} == {"node_loss", "scale_up"}
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(900)
+def test_control_plane_quick(tmp_path):
+    doc = run_quick("control_plane", tmp_path, 880)
+    # A training-operator that cannot be built is reported as an error, not hidden; the test shows it.
+    assert doc["errors"] == [], doc["errors"]
+    runs = doc["results"]["runs"]
+    assert {r["operator"] for r in runs} == {"kubetrain", "pytorchjob"}
+    assert all(not r["timed_out"] and r["jobs_running"] == r["jobs"] for r in runs)
+    assert all(r["operator_requests_burst"] > 0 for r in runs)
+
+
+def test_summary_is_rebuilt_from_json(tmp_path):
+    """The results README is generated from whatever JSON exists (no benchmark run needed)."""
+    from bench.__main__ import write_summary
+
+    path = write_summary(tmp_path)
+    text = path.read_text()
+    assert "Headline figures" in text and "Not run yet." in text
