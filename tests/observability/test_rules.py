@@ -111,3 +111,45 @@ def test_alert_fires_for_the_bad_job_only(tmp_path, alert):
     path.write_text(yaml.safe_dump(test, sort_keys=False))
     proc = subprocess.run([PROMTOOL, "test", "rules", str(path)], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_dcgm_series_are_joined_to_jobs_by_pod(tmp_path):
+    """The DCGM exporter knows pods, not TrainingJobs: the recording rules join them through the trainer's pod labels."""
+    rules = _write_rules(tmp_path)
+    pod = lambda name: {"namespace": "ml", "pod": name}  # noqa: E731
+    series = [
+        _series("kubetrain_trainer_world_size", "16x10", **_job("gpt", pod="gpt-w0-0")),
+        _series("kubetrain_trainer_world_size", "16x10", **_job("gpt", pod="gpt-w1-0")),
+        _series("DCGM_FI_DEV_GPU_UTIL", "50x10", **pod("gpt-w0-0"), gpu="0"),
+        _series("DCGM_FI_DEV_GPU_UTIL", "100x10", **pod("gpt-w1-0"), gpu="0"),
+        _series("DCGM_FI_DEV_POWER_USAGE", "500x10", **pod("gpt-w0-0"), gpu="0"),
+        _series("DCGM_FI_DEV_POWER_USAGE", "300x10", **pod("gpt-w1-0"), gpu="0"),
+        _series("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", "2000000x10", **pod("gpt-w0-0"), gpu="0"),
+        # Another workload's GPU on the same node: not part of the job.
+        _series("DCGM_FI_DEV_GPU_UTIL", "100x10", **pod("someone-else"), gpu="1"),
+    ]
+    job = {"namespace": "ml", "job": "gpt"}
+    test = {
+        "rule_files": [rules.name],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": series,
+            "promql_expr_test": [
+                {"expr": "kubetrain:job_dcgm_gpu_utilization:ratio", "eval_time": "5m",
+                 "exp_samples": [{"labels": f"kubetrain:job_dcgm_gpu_utilization:ratio{_labels(job)}", "value": 0.75}]},
+                {"expr": "kubetrain:job_dcgm_power:watts", "eval_time": "5m",
+                 "exp_samples": [{"labels": f"kubetrain:job_dcgm_power:watts{_labels(job)}", "value": 800}]},
+                {"expr": "kubetrain:job_dcgm_energy:joules", "eval_time": "5m",
+                 "exp_samples": [{"labels": f"kubetrain:job_dcgm_energy:joules{_labels(job)}", "value": 2000}]},
+            ],
+        }],
+    }
+    path = tmp_path / "test.yaml"
+    path.write_text(yaml.safe_dump(test, sort_keys=False))
+    proc = subprocess.run([PROMTOOL, "test", "rules", str(path)], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _labels(labels: dict) -> str:
+    return "{" + ", ".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
