@@ -4,7 +4,8 @@ Each benchmark runs as its own process (``python -m bench.<name>``) and writes
 ``bench/results/<name>.json`` and ``.md``; one that fails does not stop the
 others, and the summary is rebuilt from whatever JSON files exist. ``--quick``
 is a smoke run (tiny sizes, seconds each): its figures mean nothing.
-``--summary-only`` just rebuilds the summary.
+``--summary-only`` just rebuilds the summary; ``--render`` also rebuilds every
+page from its JSON (after a change to how tables are drawn).
 """
 
 from __future__ import annotations
@@ -28,9 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, meaningless figures")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--summary-only", action="store_true")
+    ap.add_argument("--render", action="store_true", help="rebuild every <name>.md (and the summary) from its JSON")
     args = ap.parse_args(argv)
     failed = []
-    if not args.summary_only:
+    if args.render:
+        render_all(args.out)
+    elif not args.summary_only:
         t_all = time.monotonic()
         print(f"[bench] {now_utc()} load average {load_average()}", file=sys.stderr, flush=True)
         for name in args.names or BENCHMARKS:
@@ -99,6 +103,18 @@ def _headlines(docs: dict[str, dict]) -> list[list[str]]:
                              f"{med('cpu_burst', ' s')}; {med('requests_per_job')}",
                              f"{a['repetitions']} reps (median)", "control_plane.md"])
     return rows
+
+
+def render_all(out: Path) -> None:
+    import importlib
+
+    from bench.common import render_markdown
+
+    for name in BENCHMARKS:
+        doc = _load(out, name)
+        if doc:
+            body = importlib.import_module(f"bench.{name}").render(doc)
+            (out / f"{name}.md").write_text(render_markdown(doc, body))
 
 
 def write_summary(out: Path) -> Path:

@@ -892,5 +892,14 @@ def markdown(by: dict[str, dict], runs: list[dict], p: dict, kinds: list[str]) -
     return "\n".join(text)
 
 
+def render(doc: dict) -> str:
+    """The markdown body of a result document (``python -m bench --render``)."""
+    runs = doc["results"]["runs"]
+    kinds = sorted({r["operator"] for r in runs}) or [KUBETRAIN]
+    if not runs:
+        return "No figures."
+    return markdown(doc["results"]["by_size"], runs, doc["params"], kinds)
+
+
 if __name__ == "__main__":
     main()

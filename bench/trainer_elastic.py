@@ -91,7 +91,7 @@ def device_plan() -> str:
     gpus = _gpus()
     if gpus >= 2:
         return f"cuda (nccl), one GPU per agent (CUDA_VISIBLE_DEVICES = agent index mod {gpus})"
-    return "cpu (gloo), one process per agent" + (" (one GPU cannot hold two NCCL ranks: run on CPU)" if gpus == 1 else "")
+    return "cpu (gloo)" + (" (one GPU cannot hold two NCCL ranks: run on CPU)" if gpus == 1 else "")
 
 
 def run_profile(profile: str, p: dict, work: Path) -> list[dict]:
@@ -180,19 +180,30 @@ def main(argv: list[str] | None = None) -> Path:
             agg[f"{profile}/{ev}"] = {"seconds": summary(e["seconds"] for e in xs),
                                       "steps_replayed": summary(e["steps_replayed"] for e in xs)}
     run.results["summary"] = agg
+    body = body_of(run.results, p)
+    return run.finish(body, args.out) if args.out else run.finish(body)
+
+
+PROFILE_LABEL = {"local": "local launcher (keep-alive 1 s × 5, last call 3 s)",
+                 "operator-defaults": "operator defaults for pods (keep-alive 2 s × 3, last call 15 s)"}
+
+
+def body_of(results: dict, p: dict) -> str:
     rows = []
     label = {"node_loss": "node loss: SIGKILL of an agent → first step at world size 1",
              "scale_up": "scale-up: a new agent starts → first step at world size 2"}
-    for key, a in agg.items():
+    for key, a in results["summary"].items():
         profile, ev = key.split("/")
-        rows.append([label[ev], f"{profile} (`{p['rendezvous'][profile]}`)", fmt_spread(a["seconds"], " s"),
+        rows.append([label[ev], PROFILE_LABEL.get(profile, profile), fmt_spread(a["seconds"], " s"),
                      a["seconds"]["n"] if a["seconds"] else 0, fmt_spread(a["steps_replayed"], "", 3)])
-    body = "\n".join([
+    return "\n".join([
         f"builtin:gpt (`{p['workload_args']}`, sequence {p['seq']}, batch {p['batch']}), two agents × one process on "
         f"{p['device']}, checkpoint every {p['checkpoint_interval']} steps; {p['cycles']} loss + scale-up cycles per "
         "rendezvous setting, in one job. Cells: median (min – max) over cycles.",
         "",
         md_table(["event", "rendezvous settings", "time", "n", "steps replayed (at least)"], rows),
+        "",
+        "Rendezvous settings (`--rdzv-conf`): " + "; ".join(f"{k}: `{v}`" for k, v in p["rendezvous"].items()) + ".",
         "",
         "Node loss = detection (peers' collectives fail at once on a SIGKILLed process; the dead agent's heartbeat must "
         "expire: keep-alive interval × attempts) + the round's last call + worker restart (Python, torch import, "
@@ -200,7 +211,11 @@ def main(argv: list[str] | None = None) -> Path:
         "start) + SIGTERM checkpoint of the running worker + restart of both. Agents here watch their workers every "
         "0.5 s (pods: 1 s).",
     ])
-    return run.finish(body, args.out) if args.out else run.finish(body)
+
+
+def render(doc: dict) -> str:
+    """The markdown body of a result document (``python -m bench --render``)."""
+    return body_of(doc["results"], doc["params"])
 
 
 if __name__ == "__main__":

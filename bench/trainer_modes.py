@@ -203,5 +203,10 @@ def markdown(res: dict, p: dict, data: dict) -> str:
     ])
 
 
+def render(doc: dict) -> str:
+    """The markdown body of a result document (``python -m bench --render``)."""
+    return markdown(doc["results"], doc["params"], {"backend": doc["params"].get("backend", "?")})
+
+
 if __name__ == "__main__":
     main()

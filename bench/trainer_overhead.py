@@ -238,5 +238,10 @@ def _markdown(res: dict, p: dict) -> str:
     ])
 
 
+def render(doc: dict) -> str:
+    """The markdown body of a result document (``python -m bench --render``)."""
+    return _markdown(doc["results"], doc["params"])
+
+
 if __name__ == "__main__":
     main()
