@@ -64,8 +64,13 @@ def _headlines(docs: dict[str, dict]) -> list[list[str]]:
     d = docs.get("trainer_overhead")
     if d and d["results"].get("overhead"):
         r = d["results"]
-        rows.append(["What the trainer adds to a step (vs a plain torchrun DDP script, same model)",
+        rows.append(["What the trainer adds to a step, vs a plain torchrun DDP script (same model), separate launches",
                      f"{fmt_spread(r['overhead'], '%')} (target < 2%)", f"{r['overhead']['n']} A/B pairs", "trainer_overhead.md"])
+        if r.get("segments_overhead"):
+            s = r["segments_overhead"]
+            rows.append(["… the same, both loops in the same processes, alternating segments (low-noise figure)",
+                         f"{fmt_spread(s, '%')}, IQR {fmt(s['p25'], '%')} – {fmt(s['p75'], '%')}",
+                         f"{s['n']} segment pairs", "trainer_overhead.md"])
     d = docs.get("trainer_modes")
     if d and d["results"].get("modes"):
         m = d["results"]["modes"]

@@ -15,7 +15,6 @@ programs: the start of every step.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from datetime import timedelta
@@ -30,6 +29,7 @@ from kubetrain_trainer import trainer as _trainer
 from kubetrain_trainer.api import WorkloadContext, load_workload
 from kubetrain_trainer.builtin_gpt import GPT, TokenWindows, config_from, generate_corpus, lm_loss
 from kubetrain_trainer.config import detect_capabilities
+from kubetrain_trainer.process_exit import exit_process
 from kubetrain_trainer.trainer import DistEnv, Trainer
 
 _stamps: list[float] = []
@@ -126,7 +126,7 @@ def main() -> None:
         with open(sys.argv[2], "w") as fh:
             json.dump({"segments": segments, "device": caps.device_name, "world_size": env.world_size}, fh)
     dist.destroy_process_group()
-    os._exit(0)
+    exit_process(0)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from kubetrain.contract import TrainerContract
 from kubetrain_trainer.api import WorkloadContext, load_workload
 from kubetrain_trainer.config import detect_capabilities, validate
 from kubetrain_trainer.metrics import TrainerMetrics
+from kubetrain_trainer.process_exit import exit_process
 from kubetrain_trainer.trainer import DistEnv, Trainer
 
 STEPS = int(os.environ.get("MATRIX_STEPS", "40"))
@@ -83,6 +84,7 @@ def main() -> None:
         with open(out_path, "w") as fh:
             json.dump(results, fh)
     dist.destroy_process_group()
+    exit_process(0)  # as the trainer does: gloo threads may still release our hooks' callbacks
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from kubetrain.contract import TrainerContract
 from kubetrain_trainer.compression import CommCounter, register_ddp_hook
+from kubetrain_trainer.process_exit import exit_process
 
 
 def main() -> None:
@@ -50,6 +51,7 @@ def main() -> None:
         with open(sys.argv[1], "w") as fh:
             json.dump(runs, fh)
     dist.destroy_process_group()
+    exit_process(0)  # as the trainer does: gloo threads may still release our hooks' callbacks
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from kubetrain_trainer.failure import (  # noqa: E402
     report_failure,
     write_termination_message,
 )
+from kubetrain_trainer.process_exit import exit_process  # noqa: E402
 from kubetrain_trainer.trainer import DistEnv, StopFlag, Trainer  # noqa: E402
 
 log = logging.getLogger("kubetrain_trainer")
@@ -120,10 +121,9 @@ def main() -> None:
         classified = report_failure(exc, message_path, restart=env.restart_count, where=where)
         log.error("%s: %s", classified.reason, classified.message, exc_info=exc)
         get_error_handler().record_exception(exc)  # torchrun's error file, as @record would
-        sys.stdout.flush()
-        sys.stderr.flush()
-        # Skip interpreter teardown: a broken process group can hang in destructors.
-        os._exit(classified.exit_code)
+        # Skips interpreter teardown, where a broken process group can hang in destructors; the atexit
+        # handlers it runs touch no process group (see process_exit).
+        exit_process(classified.exit_code)
 
     if dist.is_initialized():
         if outcome == "completed":
@@ -135,14 +135,13 @@ def main() -> None:
             PREEMPTED,
             env.restart_count,
         )
-        sys.exit(0)
+        exit_process(0)
     if outcome == "peer_preempted":
         log.warning("a peer was preempted; checkpoint written at step %d; exiting so the agent re-forms the group", step)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(EXIT_PEER_PREEMPTED)
+        exit_process(EXIT_PEER_PREEMPTED)
     if env.local_rank == 0:
         clear_termination_message(message_path)
+    exit_process(0)  # see process_exit: gloo threads may still hold Python callbacks
 
 
 if __name__ == "__main__":
