@@ -67,6 +67,40 @@ def test_losing_an_agent_survivor_resumes_at_smaller_world_and_finishes(tmp_path
     assert before["step"] >= 30
 
 
+def test_sigterm_of_one_agent_survivor_resumes_from_its_checkpoint_at_smaller_world(tmp_path):
+    # Deleting one pod of two: only its torchrun gets SIGTERM and forwards it to its worker. Only the
+    # SIGTERM checkpoint and the final one are written, so "resumed from step N" can only mean that one.
+    contract = tiny_contract(tmp_path, max_steps=600, checkpoint_interval_steps=10_000)
+    with LocalJob(contract, replicas=2, workdir=tmp_path / "job", max_restarts=3) as job:
+        wait_until(lambda: (st := job.status()) and st["world_size"] == 2 and st["step"] >= 30, 150, what="step 30 at world size 2")
+        job.kill_agent(0, signal.SIGTERM)
+        codes = job.wait(timeout=240)
+        survivor_log, stopped_log = job.logs(1), job.logs(0)
+        messages = job.termination_messages()
+        final = job.status()
+    assert codes[1] == 0, survivor_log[-4000:]
+    assert "terminate called" not in survivor_log + stopped_log  # the gloo exit race (process_exit)
+    # The terminated pod's worker checkpointed (with its peer) and reported a preemption, not a failure.
+    stopped = re.match(r"Preempted: stopped by signal at step (\d+); checkpoint written", messages.get(0, ""))
+    assert stopped, messages
+    step = int(stopped.group(1))
+    assert 30 <= step < 600
+    saved = {s: meta for s, _, meta in ck.list_checkpoints(contract.checkpoint_dir)}
+    assert saved[step].reason == "sigterm" and saved[step].world_size == 2
+    # The survivor took the peer-preempted exit (code 75, one agent restart), not a communication error.
+    assert f"a peer was preempted; checkpoint written at step {step}" in survivor_log, survivor_log[-4000:]
+    assert "CommunicationTimeout" not in survivor_log, survivor_log[-4000:]
+    assert re.search(rf"resumed from \S+ \(step {step}, saved at world size 2, now 1\)", survivor_log), survivor_log[-4000:]
+    assert final["step"] == 600 and final["world_size"] == 1 and final["start_step"] == step
+    assert ck.latest_checkpoint(contract.checkpoint_dir)[1].step == 600
+    # Nothing replayed or skipped: the smaller world continued exactly where the checkpoint was taken.
+    records = read_sample_log(tmp_path / "samples.jsonl")
+    assert [r["step"] for r in records] == list(range(1, 601))
+    sizes = _world_sizes(records)
+    assert set(sizes[:step]) == {2} and set(sizes[step:]) == {1}
+    assert_epochs_exact(kept_history(records), _num_samples(contract))
+
+
 def test_adding_an_agent_scales_up_without_losing_steps(tmp_path):
     # A 25 ms pause per step keeps the world-size-1 phase longer than the new agent's start-up.
     contract = tiny_contract(tmp_path, max_steps=600, checkpoint_interval_steps=50, workload="slow_workload:workload",
