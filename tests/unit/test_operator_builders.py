@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import ast
+import os
+import signal
+import socket
+import subprocess
+import sys
+from datetime import timedelta
+
 from kubetrain.api.manifests import load_trainingjobs
 from kubetrain.operator import builders, naming
 from kubetrain.operator.builders import BuildConfig
@@ -83,7 +91,8 @@ def test_store_pod_and_service():
     svc = builders.store_service(job, BODY)
     c = pod["spec"]["containers"][0]
     assert pod["metadata"]["name"] == svc["metadata"]["name"] == "gpt-full-rdzv"
-    assert c["command"][-2:] == ["--port", "29400"] and "kubetrain_trainer.rdzv_store" in c["command"]
+    assert c["command"][:2] == ["python", "-c"] and c["command"][-2:] == ["--port", "29400"]
+    assert c["image"] == job.spec.container.image  # the agents' own torch speaks to the store
     assert "nvidia.com/gpu" not in str(c["resources"]) and "nodeSelector" not in pod["spec"]
     assert pod["spec"]["tolerations"] == [t.to_k8s() for t in job.spec.scheduling.tolerations]
     assert svc["spec"]["selector"] == {naming.LABEL_JOB: "gpt-full", naming.LABEL_ROLE: "rendezvous"}
@@ -95,3 +104,37 @@ def test_pod_names_fit_a_dns_label_and_parse_back():
     name = naming.worker_pod_name("a" * 50, 1023, 1001)
     assert len(name) <= 63
     assert naming.parse_worker_pod_name(name) == ("a" * 50, 1023, 1001)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _imported_modules(source: str) -> set[str]:
+    tree = ast.parse(source)
+    names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    return {n.split(".")[0] for n in names}
+
+
+def test_store_program_runs_in_any_image_with_torch(tmp_path):
+    """The store pod's command, run as is: it serves a TCPStore and stops on SIGTERM; it imports no kubetrain."""
+    cmd = builders.store_pod(_job("plain-torchrun-script"), BODY, CFG)["spec"]["containers"][0]["command"]
+    assert _imported_modules(cmd[2]) - set(sys.stdlib_module_names) - {"__future__"} == {"torch"}
+    port = _free_port()
+    # From an empty directory, without this repository on the path, as in a user's image.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.Popen([sys.executable, *cmd[1:-1], str(port)], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert "ready on port" in proc.stdout.readline()
+        from torch.distributed import TCPStore
+
+        client = TCPStore("127.0.0.1", port, is_master=False, timeout=timedelta(seconds=10))
+        assert client.get("kubetrain/store") == b"ready"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()

@@ -1,6 +1,6 @@
 """Run a job on this machine the way the operator runs it on a cluster. Torch-free.
 
-One rendezvous-store process (:mod:`.rdzv_store`) plus N torchrun agents, each
+One rendezvous-store process (:mod:`kubetrain.rdzv_store`) plus N torchrun agents, each
 a subprocess started with the same flags the operator gives its pods
 (:func:`kubetrain.torchrun.torchrun_args`), ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``
 and its own metrics port — so killing any agent is survivable, exactly as
@@ -199,7 +199,7 @@ class LocalJob:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([str(_PKG_ROOT), str(_CONTRACT_ROOT), env.get("PYTHONPATH", "")])).rstrip(os.pathsep)
         self.store = subprocess.Popen(
-            [self.python, "-m", "kubetrain_trainer.rdzv_store", "--port", str(self.rdzv_port)],
+            [self.python, "-m", "kubetrain.rdzv_store", "--port", str(self.rdzv_port)],
             stdout=store_log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )
         deadline = time.monotonic() + 120

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from kubetrain import rdzv_store
 from kubetrain.api.models import API_VERSION, KIND, TrainingJob
 from kubetrain.contract import TERMINATION_MESSAGE_PATH
 from kubetrain.operator import naming
@@ -22,6 +24,9 @@ class BuildConfig:
     store_cpu: str = "100m"
     store_memory: str = "512Mi"
 
+
+# The rendezvous store's program: only the standard library and torch (see kubetrain.rdzv_store).
+STORE_PROGRAM = Path(rdzv_store.__file__).read_text()
 
 RESTRICTED_CONTAINER_SECURITY = {
     "allowPrivilegeEscalation": False,
@@ -127,8 +132,10 @@ def store_pod(job: TrainingJob, body: dict[str, Any], cfg: BuildConfig) -> dict[
             "containers": [
                 {
                     "name": "store",
+                    # The workers' image, so the store runs the agents' own torch (TCPStore's
+                    # wire protocol is torch's); its program comes as source, so the image needs no kubetrain.
                     "image": job.spec.container.image or cfg.trainer_image,
-                    "command": ["python", "-m", "kubetrain_trainer.rdzv_store", "--port", str(STORE_PORT)],
+                    "command": ["python", "-c", STORE_PROGRAM, "--port", str(STORE_PORT)],
                     "ports": [{"name": "c10d", "containerPort": STORE_PORT, "protocol": "TCP"}],
                     "readinessProbe": {"tcpSocket": {"port": STORE_PORT}, "periodSeconds": 5},
                     "resources": {
