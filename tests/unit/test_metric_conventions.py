@@ -10,11 +10,16 @@ from prometheus_client import CollectorRegistry
 from kubetrain.observability import dashboard
 from kubetrain.observability.rules import RECORDED, AlertSettings, alerts, rule_groups
 from kubetrain.operator.metrics import OperatorMetrics
-from kubetrain_trainer.metrics import TrainerMetrics
+from kubetrain.operator.planner import Plan
+from kubetrain_trainer.metrics import ALLOWED_LABELS, ProcessFigures, TrainerMetrics
 
 # The DCGM exporter's series we join (documented in docs/observability.md), with their labels.
 DCGM = {"DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_POWER_USAGE", "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION"}
-UNIT_SUFFIXES = ("_seconds", "_bytes", "_ratio", "_watts", "_joules", "_total", "_per_second")
+# Base units only, spelled out as the name's suffix (prometheus_client drops a counter's _total from the family name).
+UNIT_SUFFIXES = ("_seconds", "_bytes", "_ratio", "_watts", "_joules")
+NON_BASE_UNIT = re.compile(r"(milli|micro|nano|kilo|mega|giga)(seconds|bytes|watts|joules)|_(ms|us|percent|minutes|hours)(_|$)")
+TRAINER_LABELS = {"job", "namespace", "pod", "local_rank"}
+OPERATOR_LABELS = {"namespace", "job", "phase", "role", "reason", "state"}
 
 
 def _families(registry: CollectorRegistry):
@@ -22,14 +27,30 @@ def _families(registry: CollectorRegistry):
 
 
 def _trainer_registry() -> CollectorRegistry:
+    """A trainer registry after one step, one checkpoint and GPU readings: every family has samples.
+
+    A labelled family has no samples until something is recorded, so an empty registry would let
+    any label name through the label check below.
+    """
     r = CollectorRegistry()
-    TrainerMetrics(r, job="j", namespace="ns", pod="p")
+    m = TrainerMetrics(r, job="j", namespace="ns", pod="p")
+    m.set_static(world_size=2, max_steps=100, restart_count=1)
+    m.observe_step(step=1, loss=2.5, step_seconds=0.5, pod_tokens=4096, pod_samples=8, goodput=0.9, flops_per_token=1e9,
+                   peak_flops=1e12, pod_devices=1,
+                   processes=[ProcessFigures(0, 1e6, 0.1, 1.0, 1e9, gpu_utilization=0.8, gpu_memory_bytes=1e9,
+                                             gpu_power_watts=300, gpu_energy_joules=1000)])
+    m.observe_checkpoint(completed_at=1_700_000_000, seconds=2.0)
     return r
 
 
 def _operator_registry() -> CollectorRegistry:
+    """An operator registry fed the way handlers.reconcile feeds it, so every family has samples."""
     r = CollectorRegistry()
-    OperatorMetrics(r)
+    m = OperatorMetrics(r)
+    m.observe("ml", "gpt", Plan(restart_reasons=["NodeLost"], scaling_reason="PartialCapacity"),
+              {"phase": "Running", "desiredReplicas": 2, "currentReplicas": 2, "readyReplicas": 2}, 8, 5.0, 30.0, trainer_metrics=True)
+    m.reconcile.observe(0.01)
+    m.reconcile_errors.inc()
     return r
 
 
@@ -75,31 +96,45 @@ def test_the_check_catches_a_metric_nobody_exports():
 
 
 @pytest.mark.parametrize("registry,allowed", [
-    (_trainer_registry(), {"job", "namespace", "pod", "local_rank"}),
-    (_operator_registry(), {"namespace", "job", "phase", "role", "reason", "state"}),
+    (_trainer_registry(), TRAINER_LABELS),
+    (_operator_registry(), OPERATOR_LABELS),
 ], ids=["trainer", "operator"])
 def test_names_and_labels_follow_conventions(registry, allowed):
     for fam in _families(registry):
         assert fam.name.startswith(("kubetrain_trainer_", "kubetrain_operator_")), fam.name
         assert re.fullmatch(r"[a-z_]+", fam.name), fam.name
-        if fam.type in ("histogram",):
+        assert not NON_BASE_UNIT.search(fam.name), fam.name
+        units = [u for u in UNIT_SUFFIXES if u + "_" in fam.name]
+        assert not units, f"{fam.name}: a unit belongs at the end of the name"
+        if fam.type == "histogram":
             assert fam.name.endswith("_seconds"), fam.name
         if fam.name.endswith("_ratio"):
             assert fam.type == "gauge"
+        # Without samples the label check below would pass whatever the labels are.
+        assert fam.samples, f"{fam.name} has no samples: record something for it in the registry helper"
         for sample in fam.samples:
+            # A closed set: a step, restart count or global rank label fails here.
             assert set(sample.labels) - {"le"} <= allowed, (fam.name, sample.labels)
-    # Bounded: no step, restart count or rank-of-world labels anywhere.
-    text = " ".join(str(s.labels) for f in _families(registry) for s in f.samples)
-    assert "step" not in text and "restart" not in text
+
+
+def test_the_label_check_matches_what_the_trainer_declares():
+    assert TRAINER_LABELS == ALLOWED_LABELS
+
+
+def test_the_label_check_catches_an_unbounded_label():
+    from prometheus_client import Gauge
+
+    r = _operator_registry()
+    Gauge("kubetrain_operator_job_step", "A label that grows without bound.", ["namespace", "job", "step"], registry=r).labels("ml", "gpt", "7").set(1)
+    with pytest.raises(AssertionError, match="'step': '7'"):
+        test_names_and_labels_follow_conventions(r, OPERATOR_LABELS)
 
 
 def test_operator_series_are_dropped_with_the_job():
-    from kubetrain.operator.planner import Plan
-
     r = CollectorRegistry()
     m = OperatorMetrics(r)
     m.observe("ml", "gpt", Plan(restart_reasons=["NodeLost"], scaling_reason="PartialCapacity"),
-              {"phase": "Running", "readyReplicas": 2, "desiredReplicas": 3}, 8, 10.0, 42.0)
+              {"phase": "Running", "readyReplicas": 2, "desiredReplicas": 3}, 8, 10.0, 42.0, trainer_metrics=True)
     assert r.get_sample_value("kubetrain_operator_restarts_total", {"namespace": "ml", "job": "gpt", "reason": "NodeLost"}) == 1
     assert r.get_sample_value("kubetrain_operator_restarts_total", {"namespace": "ml", "job": "gpt", "reason": "OOMKilled"}) == 0
     assert r.get_sample_value("kubetrain_operator_job_gpu_seconds_total", {"namespace": "ml", "job": "gpt"}) == 160

@@ -206,3 +206,105 @@ def test_missing_pvc_and_impossible_fit_are_reported():
 )
 def test_failure_classification(status, reason):
     assert classify({"metadata": {"name": "p"}, "status": status}).reason == reason
+
+
+def test_deadline_counts_from_the_start_even_while_waiting_for_capacity():
+    job = _job(activeDeadlineSeconds=60)
+    first = plan(job, _body(), _obs([], placeable=0))
+    assert first.status["startTime"] == "2026-11-22T12:00:00Z" and first.status["phase"] == "Pending"
+    later = plan(job, _body(first.status), _obs([_store()], placeable=0, now=NOW + timedelta(seconds=61)))
+    assert later.status["phase"] == "Failed" and "DeadlineExceeded" in str(later.status["conditions"])
+
+
+def test_first_running_is_reported_once_and_not_after_a_restart_or_resume():
+    pods = [_store(), _pod(0), _pod(1)]
+    pending = plan(_job(), _body(), _obs([_store(), _pod(0, ready=False)], placeable=4))
+    assert not pending.first_running
+    first = plan(_job(), _body(pending.status), _obs(pods, placeable=2))
+    assert first.first_running and first.status["phase"] in ("Running", "Scaling")
+    again = plan(_job(), _body(first.status), _obs(pods, placeable=2))
+    assert not again.first_running
+    restarted = {**first.status, "restarts": 1, "conditions": [{"type": "Running", "status": "False", "lastTransitionTime": NOW.isoformat()}]}
+    assert not plan(_job(), _body(restarted), _obs(pods, placeable=2)).first_running
+
+
+def test_create_failure_is_a_condition_and_one_event_until_creates_work_again():
+    from kubetrain.operator.planner import record_create_failure
+
+    p = plan(_job(), _body(), _obs([], placeable=4))
+    record_create_failure(p, {}, "creating Pod j-w0-0: exceeded quota: pods", NOW)
+    cond = next(c for c in p.status["conditions"] if c["type"] == "ReplicaFailure")
+    assert cond["status"] == "True" and cond["reason"] == "FailedCreate" and "exceeded quota" in cond["message"]
+    assert [e[1] for e in p.events].count("FailedCreate") == 1
+    # The same refusal next round: no new Event, the transition time stays.
+    q = plan(_job(), _body(p.status), _obs([], placeable=4, now=NOW + timedelta(seconds=5)))
+    record_create_failure(q, p.status, "creating Pod j-w0-0: exceeded quota: pods", NOW + timedelta(seconds=5))
+    assert "FailedCreate" not in [e[1] for e in q.events]
+    assert next(c for c in q.status["conditions"] if c["type"] == "ReplicaFailure")["lastTransitionTime"] == cond["lastTransitionTime"]
+    # Creates go through again: the condition turns False.
+    r = plan(_job(), _body(q.status), _obs([], placeable=4))
+    record_create_failure(r, q.status, None, NOW)
+    assert next(c for c in r.status["conditions"] if c["type"] == "ReplicaFailure")["status"] == "False"
+
+
+def test_success_message_names_agents_that_did_not_exit_0():
+    done = {"exitCode": 0, "reason": "Completed"}
+    crashed = _pod(1, phase="Failed", ready=False, accounted=True, terminated={"exitCode": 1})
+    p = plan(_job(), _body({"phase": "Running", "restarts": 1}), _obs([_store(), _pod(0, phase="Succeeded", terminated=done), crashed]))
+    cond = next(c for c in p.status["conditions"] if c["type"] == "Succeeded")
+    assert cond["message"] == "1 agents exited 0; j-w1-0 ended otherwise after training finished"
+
+
+def test_a_pod_with_malformed_labels_does_not_break_the_index():
+    view = PodView.from_body({"metadata": {"name": "x", "labels": {naming.LABEL_JOB: "j", naming.LABEL_SLOT: "one",
+                                                                      naming.LABEL_ATTEMPT: "?"}}})
+    assert (view.slot, view.attempt, view.phase) == (-1, 0, "Pending")
+
+
+def _cond(status, ctype):
+    return next(c for c in status["conditions"] if c["type"] == ctype)
+
+
+def test_losing_the_store_uses_one_restart_and_the_agents_it_takes_down_use_none():
+    pods = [_store(), _pod(0), _pod(1), _pod(2)]
+    running = plan(_job(), _body({"desiredReplicas": 3}), _obs(pods, placeable=0))
+    assert _cond(running.status, "StoreReady")["reason"] == "Serving"
+    # The store's node is gone: one restart, a StoreLost event, a new store.
+    lost = plan(_job(), _body(running.status), _obs([_pod(0), _pod(1), _pod(2)], placeable=0, now=NOW + timedelta(seconds=30)))
+    assert lost.status["restarts"] == 1 and lost.create_store and lost.restart_reasons == ["StoreLost"]
+    assert _cond(lost.status, "StoreReady")["reason"] == "StoreLost" and any(e[1] == "StoreLost" for e in lost.events)
+    # Every agent drops out after it; the new store serves already. None of them uses a restart.
+    preempted = {"exitCode": 1, "message": "Preempted: stopped by signal at step 40; checkpoint written"}
+    ended = [_pod(s, phase="Failed", ready=False, terminated=preempted) for s in range(3)]
+    after = plan(_job(), _body(lost.status), _obs([_store(), *ended], placeable=3, now=NOW + timedelta(seconds=50)))
+    assert after.status["restarts"] == 1 and set(after.release) >= {p.name for p in ended}
+    assert after.create_workers == [(0, 1), (1, 1), (2, 1)] and after.status["phase"] != "Failed"
+    assert _cond(after.status, "StoreReady")["reason"] == "Recovered"
+    # An agent that drops out a few rounds later is still the store's doing.
+    replaced = [_store(), _pod(0, attempt=1), _pod(1, attempt=1), _pod(2, attempt=1)]
+    steady = plan(_job(), _body(after.status), _obs(replaced, placeable=0, now=NOW + timedelta(seconds=60)))
+    straggler = [_store(), _pod(0, attempt=1), _pod(1, attempt=1), _pod(2, 1, phase="Failed", ready=False, terminated=preempted)]
+    assert plan(_job(), _body(steady.status), _obs(straggler, placeable=0, now=NOW + timedelta(seconds=90))).status["restarts"] == 1
+    # Past the grace period, a failure is a failure again; and a user's bug is never the store's fault.
+    late = [_store(), _pod(0, attempt=1), _pod(1, attempt=1), _pod(2, 1, phase="Failed", ready=False, terminated=preempted)]
+    later = plan(_job(), _body(after.status), _obs(late, placeable=0, now=NOW + timedelta(seconds=50 + 121)))
+    assert later.status["restarts"] == 2
+    bug = _pod(1, phase="Failed", ready=False, terminated={"exitCode": 5, "message": "UserError: KeyError: 'x'"})
+    blamed = plan(_job(), _body(lost.status), _obs([_store(), _pod(0), bug], placeable=0, now=NOW + timedelta(seconds=40)))
+    assert blamed.status["phase"] == "Failed" and _cond(blamed.status, "Failed")["reason"] == "UserError"
+
+
+def test_a_suspended_job_did_not_lose_its_store():
+    pods = [_store(), _pod(0), _pod(1)]
+    running = plan(_job(), _body({"desiredReplicas": 2}), _obs(pods, placeable=0))
+    suspended = plan(_job(suspend=True), _body(running.status), _obs(pods))
+    assert _cond(suspended.status, "StoreReady")["status"] == "False"
+    resumed = plan(_job(), _body(suspended.status), _obs([], placeable=4))
+    assert resumed.status.get("restarts", 0) == 0 and resumed.create_store and resumed.restart_reasons == []
+
+
+def test_store_loss_past_the_restart_cap_fails_the_job():
+    job = _job(failurePolicy={"maxRestarts": 0})
+    running = plan(job, _body({"desiredReplicas": 2}), _obs([_store(), _pod(0), _pod(1)], placeable=0))
+    lost = plan(job, _body(running.status), _obs([_pod(0), _pod(1)], placeable=0))
+    assert lost.status["phase"] == "Failed" and "StoreLost" in _cond(lost.status, "Failed")["message"]

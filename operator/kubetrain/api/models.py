@@ -364,7 +364,8 @@ class TrainingJobSpec(ApiModel):
     )
     failure_policy: FailurePolicy = Field(default_factory=FailurePolicy, description="Restart cap and retryable failures.")
     active_deadline_seconds: int | None = Field(
-        None, ge=1, description="Fail the job if it runs longer than this, counted from its start."
+        None, ge=1, description="Fail the job this many seconds after status.startTime (when the operator started it), "
+        "as a Kubernetes Job does: time spent waiting for capacity counts; a suspension restarts the clock."
     )
     ttl_seconds_after_finished: int | None = Field(
         None, ge=0, description="Delete the job this long after it Succeeded or Failed. Unset keeps it."
@@ -443,7 +444,11 @@ class TrainingJobStatus(ApiModel):
     ready_replicas: int | None = Field(None, ge=0, description="Worker pods that are Running and ready.")
     world_size: int | None = Field(None, ge=0, description="Training processes: ready replicas × processes per replica.")
     restarts: int | None = Field(None, ge=0, description="Restarts used, out of spec.failurePolicy.maxRestarts.")
-    start_time: datetime | None = Field(None, description="When the job first ran.")
+    start_time: datetime | None = Field(
+        None,
+        description="When the operator started the job (first pods created, or the last resume from suspension); "
+        "spec.activeDeadlineSeconds counts from it.",
+    )
     completion_time: datetime | None = Field(None, description="When the job Succeeded or Failed.")
     throughput: Throughput | None = Field(None, description="Latest throughput, read from the trainer's metrics.")
     last_scaling: ScalingEvent | None = Field(None, description="The last scaling decision.")

@@ -7,6 +7,9 @@ kube-scheduler still places every pod and corrects anything finer.
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,16 +62,26 @@ def eligible(node: NodeInfo, spec: TrainingJobSpec) -> bool:
     return all(_tolerates(t, tolerations) for t in node.taints)
 
 
-def placeable_replicas(spec: TrainingJobSpec, nodes: list[NodeInfo], gpus_used: dict[str, int]) -> int | None:
-    """Replicas that fit in the free GPUs now, or None for CPU jobs (left to the scheduler)."""
+def placeable_replicas(spec: TrainingJobSpec, nodes: list[NodeInfo], gpus_used: dict[str, int],
+                       pending: Iterable[int] = ()) -> int | None:
+    """Replicas that fit in the free GPUs now, or None for CPU jobs (left to the scheduler).
+
+    ``pending`` are the GPU requests of pods created but not bound yet (any job's,
+    this one's included): the scheduler will place them first, so they are put
+    on the free GPUs first (first fit, by node name) and only what is left counts.
+    Without this, two jobs reconciled at the same moment both see the same free
+    GPUs and each starts a partial gang.
+    """
     per = spec.container.gpus_per_replica
     if per == 0:
         return None
-    total = 0
-    for node in nodes:
-        if node.ready and not node.unschedulable and eligible(node, spec):
-            total += max(node.allocatable_gpus - gpus_used.get(node.name, 0), 0) // per
-    return total
+    usable = sorted((n for n in nodes if n.ready and not n.unschedulable), key=lambda n: n.name)
+    free = {n.name: max(n.allocatable_gpus - gpus_used.get(n.name, 0), 0) for n in usable}
+    for gpus in pending:
+        node = next((name for name, left in free.items() if left >= gpus), None)
+        if node is not None:
+            free[node] -= gpus
+    return sum(free[n.name] // per for n in usable if eligible(n, spec))
 
 
 def fits_anywhere(spec: TrainingJobSpec, nodes: list[NodeInfo]) -> bool:
@@ -83,3 +96,32 @@ def pod_gpus(pod_spec: dict[str, Any], gpu_resource: str = "nvidia.com/gpu") -> 
         res = c.get("resources") or {}
         total += int((res.get("limits") or {}).get(gpu_resource) or (res.get("requests") or {}).get(gpu_resource) or 0)
     return total
+
+
+class Reservations:
+    """GPUs of pods this operator has just decided to create, until its pod index shows them.
+
+    A create and the watch event that feeds the index are milliseconds apart; a
+    reconcile of another job in that gap would count the same GPUs as free. The
+    reconciles that plan GPU pods hold ``lock`` from reading capacity to
+    recording what they will create, so each sees the others' decisions.
+    """
+
+    def __init__(self, ttl_seconds: float = 30.0):
+        self.lock = threading.Lock()
+        self._ttl = ttl_seconds
+        self._items: dict[tuple[str, str, str], tuple[int, float]] = {}  # (namespace, job, pod) -> (gpus, expiry)
+
+    def add(self, namespace: str, job: str, pod: str, gpus: int) -> None:
+        self._items[(namespace, job, pod)] = (gpus, time.monotonic() + self._ttl)
+
+    def discard(self, namespace: str, job: str, pod: str) -> None:
+        self._items.pop((namespace, job, pod), None)
+
+    def pending(self, indexed: Callable[[str, str, str], bool]) -> list[int]:
+        """GPUs still reserved: for pods the index does not show yet, and not expired."""
+        now = time.monotonic()
+        for key, (_, expiry) in list(self._items.items()):
+            if expiry < now or indexed(*key):
+                del self._items[key]
+        return [gpus for gpus, _ in self._items.values()]

@@ -7,9 +7,13 @@ a reconcile makes no reads in the steady state and writes only on a difference.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -34,6 +38,7 @@ ACTIVE = ("Running", "Scaling", "Restarting")
 _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
 _state: dict[str, Any] = {}
+RESERVATIONS = capacity.Reservations()
 
 
 def plain(obj: Any) -> Any:
@@ -106,6 +111,31 @@ def gpus_in_use(spec: kopf.Spec, **_: Any) -> dict[str, int]:
     return {spec["nodeName"]: capacity.pod_gpus(plain(spec), CONFIG.gpu_resource)}
 
 
+def _awaits_gpus(spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, **_: Any) -> bool:
+    """Created, not bound yet, and not found unplaceable: the scheduler will give it GPUs first."""
+    unschedulable = any(c.get("type") == "PodScheduled" and c.get("reason") == "Unschedulable" for c in status.get("conditions") or [])
+    return (not spec.get("nodeName") and not meta.get("deletionTimestamp") and status.get("phase", "Pending") == "Pending"
+            and not unschedulable and capacity.pod_gpus(plain(spec), CONFIG.gpu_resource) > 0)
+
+
+@kopf.index("pods", when=_awaits_gpus)
+def gpus_pending(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> dict[tuple[str, str], int]:
+    return {(namespace, name): capacity.pod_gpus(plain(spec), CONFIG.gpu_resource)}
+
+
+@dataclass(frozen=True)
+class Indexes:
+    """Kopf's watch-fed indexes a reconcile reads instead of the API."""
+
+    job_pods: kopf.Index
+    gpu_nodes: kopf.Index
+    gpus_in_use: kopf.Index
+    gpus_pending: kopf.Index
+
+    def shows(self, namespace: str, job: str, pod: str) -> bool:
+        return any(v.name == pod for v in self.job_pods.get((namespace, job), []))
+
+
 def _lock(uid: str) -> threading.Lock:
     with _locks_guard:
         return _locks.setdefault(uid, threading.Lock())
@@ -116,56 +146,98 @@ def _queued(body: dict[str, Any], job: TrainingJob) -> bool:
     return naming.KUEUE_QUEUE_LABEL in labels or bool(job.spec.scheduling.queue_name)
 
 
-def _observe(job: TrainingJob, body: dict[str, Any], kube: Kube, job_pods: kopf.Index, gpu_nodes: kopf.Index,
-             gpus_in_use: kopf.Index, memo: kopf.Memo) -> planner.Observed:
+def _observe(job: TrainingJob, body: dict[str, Any], kube: Kube, idx: Indexes, memo: kopf.Memo) -> planner.Observed:
     ns, name = body["metadata"]["namespace"], job.metadata.name
     released: set[str] = memo.setdefault("released", set())
     pods = []
-    for view in job_pods.get((ns, name), []):
+    for view in idx.job_pods.get((ns, name), []):
         if view.name in released:
             # Our own release is not in the index yet: do not count it twice.
             view = planner.PodView(**{**view.__dict__, "accounted": True, "tracked": False})
         pods.append(view)
-    nodes = [n for store in gpu_nodes.values() for n in store]
-    used = {node: sum(store) for node, store in gpus_in_use.items()}
-    placeable = capacity.placeable_replicas(job.spec, nodes, used)
+    nodes = [n for store in idx.gpu_nodes.values() for n in store]
     ckpt = job.spec.checkpoint
-    missing_pvc = None
-    if ckpt and ckpt.persistent_volume_claim and not kube.pvc_exists(ns, ckpt.persistent_volume_claim.claim_name):
-        missing_pvc = ckpt.persistent_volume_claim.claim_name
+    claim = ckpt.persistent_volume_claim.claim_name if ckpt and ckpt.persistent_volume_claim else None
     return planner.Observed(
         pods=pods,
         now=datetime.now(timezone.utc),
-        service_exists=_service_exists(kube, ns, naming.store_name(name), memo),
-        placeable=placeable,
+        service_exists=_cached_exists(memo, "service", lambda: kube.service_exists(ns, naming.store_name(name))),
         fits_anywhere=capacity.fits_anywhere(job.spec, nodes) if nodes else job.spec.container.gpus_per_replica == 0,
-        missing_pvc=missing_pvc,
+        missing_pvc=claim if claim and not _cached_exists(memo, f"pvc/{claim}", lambda: kube.pvc_exists(ns, claim)) else None,
         admitted=not _queued(body, job) or not job.spec.suspend,
     )
 
 
-def _service_exists(kube: Kube, namespace: str, name: str, memo: kopf.Memo) -> bool:
-    # The Service never goes away while the job lives (it is owned by the job), so one look is enough.
-    if not memo.get("service"):
-        memo["service"] = kube.service_exists(namespace, name)
-    return memo["service"]
+def _placeable(job: TrainingJob, idx: Indexes) -> int | None:
+    """Replicas that fit now, after every pod created but not bound yet (call under RESERVATIONS.lock)."""
+    nodes = [n for store in idx.gpu_nodes.values() for n in store]
+    used = {node: sum(store) for node, store in idx.gpus_in_use.items()}
+    pending = [g for store in idx.gpus_pending.values() for g in store] + RESERVATIONS.pending(idx.shows)
+    return capacity.placeable_replicas(job.spec, nodes, used, pending)
+
+
+EXISTS_TTL = 60.0
+
+
+def _cached_exists(memo: kopf.Memo, key: str, look: Callable[[], bool]) -> bool:
+    """Whether an object exists; a yes is trusted for EXISTS_TTL seconds, a no is looked up again each round.
+
+    The Service and the checkpoint claim rarely go away under a live job: one read
+    a minute per job, not one per reconcile, yet a Service deleted by hand is recreated.
+    """
+    seen: dict[str, float] = memo.setdefault("exists", {})
+    now = time.monotonic()
+    if seen.get(key, -EXISTS_TTL) + EXISTS_TTL > now:
+        return True
+    if look():
+        seen[key] = now
+        return True
+    seen.pop(key, None)
+    return False
+
+
+class CreateRefused(Exception):
+    """The API refused an object we must create, for a reason a retry alone will not fix."""
+
+
+def _create(kube: Kube, manifest: dict[str, Any]) -> None:
+    try:
+        kube.create(manifest)
+    except ApiException as exc:
+        # 403: quota or Pod Security admission; 422: a field the apiserver refuses.
+        if exc.status in (403, 422) and "NamespaceTerminating" not in (exc.body or ""):
+            raise CreateRefused(f"creating {manifest['kind']} {manifest['metadata']['name']}: {_api_message(exc)}") from None
+        raise
+
+
+def _api_message(exc: ApiException) -> str:
+    try:
+        return json.loads(exc.body)["message"]
+    except (TypeError, ValueError, KeyError):
+        return f"{exc.status} {exc.reason}"
 
 
 def _execute(plan: planner.Plan, job: TrainingJob, body: dict[str, Any], kube: Kube, memo: kopf.Memo) -> None:
     ns = body["metadata"]["namespace"]
     if plan.create_service:
-        kube.create(builders.store_service(job, body))
-        memo["service"] = True
+        _create(kube, builders.store_service(job, body))
+        memo.setdefault("exists", {})["service"] = time.monotonic()
     if plan.create_store:
-        kube.create(builders.store_pod(job, body, CONFIG.build))
+        _create(kube, builders.store_pod(job, body, CONFIG.build))
     for slot, attempt in plan.create_workers:
-        kube.create(builders.worker_pod(job, body, slot, attempt, CONFIG.build))
+        _create(kube, builders.worker_pod(job, body, slot, attempt, CONFIG.build))
     released: set[str] = memo.setdefault("released", set())
+    raced: set[str] = set()
     for name in dict.fromkeys(plan.release):
-        kube.release(ns, name)
-        released.add(name)
+        # Only a done release hides the pod from the next round. One that raced a change
+        # is neither deleted nor hidden now: deleted unaccounted, it would count as a failure.
+        if kube.release(ns, name):
+            released.add(name)
+        else:
+            raced.add(name)
     for name in dict.fromkeys(plan.delete):
-        kube.delete_pod(ns, name)
+        if name not in raced:
+            kube.delete_pod(ns, name)
     if plan.delete_job:
         kube.delete_job(ns, job.metadata.name)
 
@@ -197,17 +269,16 @@ def _record_metrics(job: TrainingJob, raw: dict[str, Any], result: planner.Plan,
     elapsed = now - memo.get("last_reconcile", now)
     memo["last_reconcile"] = now
     first_running_after = None
-    if result.status.get("startTime") and not (raw.get("status") or {}).get("startTime") and not memo.get("ran"):
+    if result.first_running and not memo.get("ran"):
         memo["ran"] = True
         created = datetime.fromisoformat(raw["metadata"]["creationTimestamp"].replace("Z", "+00:00"))
         first_running_after = (datetime.now(timezone.utc) - created).total_seconds()
     METRICS.observe(raw["metadata"]["namespace"], job.metadata.name, result, result.status,
-                    job.spec.container.gpus_per_replica, elapsed, first_running_after)
+                    job.spec.container.gpus_per_replica, elapsed, first_running_after, trainer_metrics=job.spec.metrics.enabled)
     METRICS.reconcile.observe(now - started)
 
 
-def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: logging.Logger,
-              job_pods: kopf.Index, gpu_nodes: kopf.Index, gpus_in_use: kopf.Index) -> None:
+def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: logging.Logger, idx: Indexes) -> None:
     raw = plain(body)
     if raw["metadata"].get("deletionTimestamp"):
         return
@@ -228,15 +299,31 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: loggi
         if job.spec.scheduling.queue_name:
             patch.metadata.setdefault("labels", {})[naming.KUEUE_QUEUE_LABEL] = job.spec.scheduling.queue_name
         return
+    ns = raw["metadata"]["namespace"]
     with _lock(raw["metadata"]["uid"]):
         started = time.monotonic()
         written: dict[str, Any] = memo.setdefault("status", {})
         # Our last write may not be in this body yet: never step status backwards.
         raw["status"] = {**(raw.get("status") or {}), **written}
-        obs = _observe(job, raw, kube, job_pods, gpu_nodes, gpus_in_use, memo)
-        result = planner.plan(job, raw, obs)
+        refused = None
         try:
-            _execute(result, job, raw, kube, memo)
+            obs = _observe(job, raw, kube, idx, memo)
+            # GPU jobs decide under one lock, from capacity to reserving what they create.
+            with RESERVATIONS.lock if job.spec.container.gpus_per_replica else nullcontext():
+                obs = replace(obs, placeable=_placeable(job, idx))
+                result = planner.plan(job, raw, obs)
+                planned = [naming.worker_pod_name(job.metadata.name, s, a) for s, a in result.create_workers]
+                for pod in planned:
+                    RESERVATIONS.add(ns, job.metadata.name, pod, job.spec.container.gpus_per_replica)
+            try:
+                _execute(result, job, raw, kube, memo)
+            except (ApiException, CreateRefused):
+                for pod in planned:
+                    RESERVATIONS.discard(ns, job.metadata.name, pod)
+                raise
+        except CreateRefused as exc:
+            METRICS.reconcile_errors.inc()
+            refused = str(exc)  # said in status below; the timer tries again next round
         except ApiException as exc:
             METRICS.reconcile_errors.inc()
             if exc.status == 403 and "NamespaceTerminating" in (exc.body or ""):
@@ -246,6 +333,7 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: loggi
         except Exception:
             METRICS.reconcile_errors.inc()
             raise
+        planner.record_create_failure(result, raw["status"], refused, obs.now)
         _reflect_throughput(job, raw, obs, result)
         _record_metrics(job, raw, result, memo, started)
         changes = _status_changed(raw["status"], result.status)
@@ -267,14 +355,14 @@ RETRY_BACKOFF = 5.0
 @kopf.on.create(GROUP, VERSION, PLURAL, backoff=RETRY_BACKOFF)
 @kopf.on.update(GROUP, VERSION, PLURAL, backoff=RETRY_BACKOFF)
 def on_change(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: logging.Logger, job_pods: kopf.Index,
-              gpu_nodes: kopf.Index, gpus_in_use: kopf.Index, **_: Any) -> None:
-    reconcile(body, patch, memo, logger, job_pods, gpu_nodes, gpus_in_use)
+              gpu_nodes: kopf.Index, gpus_in_use: kopf.Index, gpus_pending: kopf.Index, **_: Any) -> None:
+    reconcile(body, patch, memo, logger, Indexes(job_pods, gpu_nodes, gpus_in_use, gpus_pending))
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=CONFIG.reconcile_interval_seconds, initial_delay=1.0, backoff=RETRY_BACKOFF)
 def periodic(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: logging.Logger, job_pods: kopf.Index,
-             gpu_nodes: kopf.Index, gpus_in_use: kopf.Index, **_: Any) -> None:
-    reconcile(body, patch, memo, logger, job_pods, gpu_nodes, gpus_in_use)
+             gpu_nodes: kopf.Index, gpus_in_use: kopf.Index, gpus_pending: kopf.Index, **_: Any) -> None:
+    reconcile(body, patch, memo, logger, Indexes(job_pods, gpu_nodes, gpus_in_use, gpus_pending))
 
 
 def _orphaned(meta: kopf.Meta, **_: Any) -> bool:

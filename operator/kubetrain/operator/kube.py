@@ -33,13 +33,17 @@ class Kube:
                 return False
             raise
 
-    def release(self, namespace: str, name: str) -> None:
-        """Mark a pod accounted for and drop our tracking finalizer (one atomic patch)."""
+    def release(self, namespace: str, name: str) -> bool:
+        """Mark a pod accounted for and drop our tracking finalizer (one atomic patch).
+
+        True when that is done (or the pod is gone); False when the pod changed
+        under us, so the caller's next round must try again.
+        """
         try:
             pod = self.core.read_namespaced_pod(name, namespace)
         except ApiException as exc:
             if exc.status == 404:
-                return
+                return True
             raise
         finalizers = [f for f in pod.metadata.finalizers or [] if f != naming.TRACKING_FINALIZER]
         annotation = "/metadata/annotations/" + naming.ANNOTATION_ACCOUNTED.replace("/", "~1")
@@ -58,9 +62,12 @@ class Kube:
         try:
             self.core.patch_namespaced_pod(name, namespace, ops)
         except ApiException as exc:
-            # 404: already gone; 409/422: changed under us (the test op failed), next round retries.
-            if exc.status not in (404, 409, 422):
-                raise
+            if exc.status == 404:
+                return True
+            if exc.status in (409, 422):  # changed under us: the test op failed
+                return False
+            raise
+        return True
 
     def delete_pod(self, namespace: str, name: str) -> None:
         try:

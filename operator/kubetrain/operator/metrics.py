@@ -1,6 +1,6 @@
 """The operator's own Prometheus metrics. The registry is injected: tests use their own, never the global one.
 
-Labels are bounded: namespace, job, phase, role and reason (a closed set).
+Labels are bounded: namespace, job, phase, role, reason and state (a closed set).
 Series of a deleted job are removed, so the operator's memory and its
 exposition stay proportional to the jobs that exist.
 """
@@ -10,12 +10,12 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from kubetrain.api.models import Phase, RetryableReason
-from kubetrain.operator.planner import Plan
+from kubetrain.operator.planner import STORE_LOST, Plan
 
 PHASES: tuple[str, ...] = Phase.__args__  # type: ignore[attr-defined]
 # Every reason a restart can have: counters start at 0 for each, so "no restarts"
 # is a 0 on the dashboard rather than no data.
-RESTART_REASONS: tuple[str, ...] = (*RetryableReason.__args__,)  # type: ignore[attr-defined]
+RESTART_REASONS: tuple[str, ...] = (*RetryableReason.__args__, STORE_LOST)  # type: ignore[attr-defined]
 SCALING_REASONS = ("CapacityAvailable", "PartialCapacity", "InsufficientCapacity", "CheckpointVolumeMissing", "NoNodeFits")
 RECONCILE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 STARTUP_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
@@ -32,15 +32,20 @@ class OperatorMetrics:
         self.restarts = Counter("kubetrain_operator_restarts_total", "Restarts used by a job, by failure reason.", [*job, "reason"], registry=registry)
         self.time_to_running = Histogram("kubetrain_operator_time_to_running_seconds", "From a job's creation to its first Running.",
                                          ["namespace"], registry=registry, buckets=STARTUP_BUCKETS)
-        self.pods = Gauge("kubetrain_operator_job_pods", "Pods of a job that are not finished, by role.", [*job, "role"], registry=registry)
+        # Workers only: the store pod is one per job whatever its size, and observe() sees the plan's status, not the pods.
+        self.pods = Gauge("kubetrain_operator_job_pods", "A job's unfinished worker pods (role=worker); its rendezvous-store pod is not counted.",
+                          [*job, "role"], registry=registry)
         self.replicas = Gauge("kubetrain_operator_job_replicas", "A job's worker replicas: desired and ready.", [*job, "state"], registry=registry)
         self.gpus = Gauge("kubetrain_operator_job_gpus", "GPUs held by a job's ready workers.", job, registry=registry)
         self.gpu_seconds = Counter("kubetrain_operator_job_gpu_seconds_total", "GPU time held by a job's ready workers (divide by 3600 for GPU-hours).",
                                    job, registry=registry)
+        # Lets an alert tell a trainer that went silent from one that was never asked to speak.
+        self.trainer_metrics = Gauge("kubetrain_operator_job_trainer_metrics", "1 when the job's pods export trainer metrics "
+                                     "(spec.metrics.enabled), else 0.", job, registry=registry)
         self._known: set[tuple[str, str]] = set()
 
     def observe(self, namespace: str, job: str, plan: Plan, status: dict, gpus_per_replica: int, elapsed: float,
-                first_running_after: float | None) -> None:
+                first_running_after: float | None, *, trainer_metrics: bool) -> None:
         """Record one reconcile's outcome; ``elapsed`` is the time since the previous one."""
         if (namespace, job) not in self._known:
             for reason in RESTART_REASONS:
@@ -49,6 +54,7 @@ class OperatorMetrics:
                 self.scaling.labels(namespace, job, reason)
             self.gpu_seconds.labels(namespace, job)
         self._known.add((namespace, job))
+        self.trainer_metrics.labels(namespace, job).set(1 if trainer_metrics else 0)
         phase = status.get("phase")
         for p in PHASES:
             self.phase.labels(namespace, job, p).set(1 if p == phase else 0)
@@ -69,7 +75,7 @@ class OperatorMetrics:
     def forget(self, namespace: str, job: str) -> None:
         """Drop every series of a deleted job."""
         self._known.discard((namespace, job))
-        for metric in (self.phase, self.scaling, self.restarts, self.pods, self.replicas, self.gpus, self.gpu_seconds):
+        for metric in (self.phase, self.scaling, self.restarts, self.pods, self.replicas, self.gpus, self.gpu_seconds, self.trainer_metrics):
             for labels in list(metric._metrics):  # noqa: SLF001 - prometheus_client has no public "remove matching"
                 if labels[:2] == (namespace, job):
                     metric.remove(*labels)

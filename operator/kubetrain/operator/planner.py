@@ -25,6 +25,12 @@ TERMINAL = ("Succeeded", "Failed")
 # so two jobs stuck on the same GPUs do not release (and retry) in lockstep.
 GANG_RELEASE_SECONDS = 60.0
 IMAGE_PULL_GRACE_SECONDS = 300.0
+STORE_LOST = "StoreLost"
+# Agents notice a lost store when a read fails: at once on a reset connection, after c10d's
+# read timeout (60 s) when the node vanished. Failures until then belong to the store loss.
+STORE_LOSS_GRACE_SECONDS = 120.0
+# A user's bug or bad configuration is never blamed on the store.
+USER_FAULTS = ("UserError", "ConfigError", "ImagePullError")
 
 
 @dataclass(frozen=True)
@@ -65,11 +71,12 @@ class PodView:
             for c in conditions
         )
         created = meta.get("creationTimestamp")
+        slot, attempt = _int_label(labels, naming.LABEL_SLOT, -1), _int_label(labels, naming.LABEL_ATTEMPT, 0)
         return cls(
             name=meta["name"],
             role=labels.get(naming.LABEL_ROLE, ""),
-            slot=int(labels.get(naming.LABEL_SLOT, -1)),
-            attempt=int(labels.get(naming.LABEL_ATTEMPT, 0)),
+            slot=slot,
+            attempt=attempt,
             phase=status.get("phase", "Pending"),
             ready=ready,
             node=(body.get("spec") or {}).get("nodeName"),
@@ -80,6 +87,14 @@ class PodView:
             created=_parse_time(created) if isinstance(created, str) else created,
             body=body,
         )
+
+
+def _int_label(labels: dict[str, str], key: str, default: int) -> int:
+    # Anyone may label a pod: a malformed value must not break the pod index.
+    try:
+        return int(labels.get(key, default))
+    except ValueError:
+        return default
 
 
 @dataclass(frozen=True)
@@ -109,6 +124,7 @@ class Plan:
     # For the operator's metrics: what this round decided, as data.
     restart_reasons: list[str] = field(default_factory=list)
     scaling_reason: str | None = None
+    first_running: bool = False  # the job trains for the first time (time-to-Running metric)
 
 
 def _parse_time(value: str) -> datetime:
@@ -145,6 +161,9 @@ class _Status:
             "observedGeneration": self.generation,
         }
 
+    def old_condition(self, ctype: str) -> dict[str, Any] | None:
+        return next((c for c in self.old.get("conditions") or [] if c.get("type") == ctype), None)
+
     def true_since(self, ctype: str) -> datetime | None:
         cond = self.conditions.get(ctype)
         if cond and cond.get("status") == "True" and cond.get("lastTransitionTime"):
@@ -152,7 +171,8 @@ class _Status:
         return None
 
     def build(self) -> dict[str, Any]:
-        order = ["Running", "Succeeded", "Failed", "Suspended", "Restarting", "Scaling", "Schedulable", "Admitted"]
+        order = ["Running", "Succeeded", "Failed", "Suspended", "Restarting", "Scaling", "Schedulable", "StoreReady",
+                 "ReplicaFailure", "Admitted"]
         self.patch["conditions"] = sorted(self.conditions.values(), key=lambda c: order.index(c["type"]) if c["type"] in order else 99)
         return self.patch
 
@@ -216,6 +236,8 @@ def plan(job: TrainingJob, body: dict[str, Any], obs: Observed) -> Plan:
         st.set(phase="Suspended", currentReplicas=0, readyReplicas=0, worldSize=0, desiredReplicas=0)
         st.condition("Suspended", True, reason, msg)
         st.condition("Running", False, reason, msg)
+        if "StoreReady" in st.conditions:  # stopped on purpose: not a loss when the job resumes
+            st.condition("StoreReady", False, reason, "the rendezvous store is stopped with the job")
         # As for a Kubernetes Job, the deadline restarts on resume.
         st.set(startTime=None)
         result.status = st.build()
@@ -224,13 +246,31 @@ def plan(job: TrainingJob, body: dict[str, Any], obs: Observed) -> Plan:
         st.condition("Suspended", False, "Resumed", "spec.suspend is false")
         result.events.append(("Normal", "Resumed", "recreating pods; training resumes from the latest checkpoint"))
 
-    # Deadline.
-    start = old.get("startTime")
-    if spec.active_deadline_seconds and start and _parse_time(start) + timedelta(seconds=spec.active_deadline_seconds) <= now:
+    # Deadline: as for a Kubernetes Job, from when the operator started the job, so
+    # waiting for capacity, images or a volume counts too.
+    start = old.get("startTime") or _iso(now)
+    st.set(startTime=start)
+    if spec.active_deadline_seconds and _parse_time(start) + timedelta(seconds=spec.active_deadline_seconds) <= now:
         _finish(result, st, "Failed", "DeadlineExceeded", f"the job ran longer than spec.activeDeadlineSeconds={spec.active_deadline_seconds}")
         _retire_after_end(result, job, workers, store)
         result.status = st.build()
         return result
+
+    # The rendezvous store's state is gone with its pod (node lost, container restarted): every
+    # agent drops out and its pod ends. That is one event, so it uses one restart, and the
+    # workers that end because of it (within STORE_LOSS_GRACE_SECONDS of the new store) use none.
+    store_ready = any(p.active and p.ready for p in store)
+    store_cond = st.conditions.get("StoreReady") or {}
+    if store_cond.get("status") == "True" and not store_ready:
+        restarts += 1
+        msg = "the rendezvous store was lost; agents rejoin a new store and resume from the latest checkpoint"
+        if _out_of_restarts(result, st, job, workers, store, restarts, f"{msg} ({STORE_LOST})"):
+            return result
+        st.condition("StoreReady", False, STORE_LOST, msg)
+        st.condition("Restarting", True, STORE_LOST, msg)
+        result.restart_reasons.append(STORE_LOST)
+        result.events.append(("Warning", STORE_LOST, f"{msg}; restart {restarts} of {spec.failure_policy.max_restarts}"))
+    covered_by_store_loss = _store_loss_window(st.conditions.get("StoreReady"), now)
 
     # Account for every worker that ended badly, exactly once.
     for p in workers:
@@ -240,6 +280,10 @@ def plan(job: TrainingJob, body: dict[str, Any], obs: Observed) -> Plan:
             continue
         failure = classify(p.body)
         result.release.append(p.name)
+        if covered_by_store_loss and failure.reason not in USER_FAULTS:
+            result.events.append(("Normal", "EndedWithTheStore", f"worker {p.name} ended after the rendezvous store was lost "
+                                                                  f"({failure.reason}); counted in that restart"))
+            continue
         if not failure.retryable(spec.failure_policy.retry_on):
             msg = f"worker {p.name}: {failure.reason}: {failure.message} (not in spec.failurePolicy.retryOn)"
             _finish(result, st, "Failed", failure.reason, msg)
@@ -247,12 +291,8 @@ def plan(job: TrainingJob, body: dict[str, Any], obs: Observed) -> Plan:
             result.status = st.build() | {"restarts": restarts}
             return result
         restarts += 1
-        if restarts > spec.failure_policy.max_restarts:
-            msg = (f"restart limit spec.failurePolicy.maxRestarts={spec.failure_policy.max_restarts} exceeded; "
-                   f"last failure: worker {p.name}: {failure.reason}: {failure.message}")
-            _finish(result, st, "Failed", "RestartLimitExceeded", msg)
-            _retire_after_end(result, job, [w for w in workers if w is not p], store)
-            result.status = st.build() | {"restarts": restarts}
+        if _out_of_restarts(result, st, job, [w for w in workers if w is not p], store, restarts,
+                            f"worker {p.name}: {failure.reason}: {failure.message}"):
             return result
         result.restart_reasons.append(failure.reason)
         st.condition("Restarting", True, failure.reason, f"worker {p.name}: {failure.message}")
@@ -275,7 +315,7 @@ def plan(job: TrainingJob, body: dict[str, Any], obs: Observed) -> Plan:
     # Success: training finished when agents exited 0 and none is left running.
     if succeeded:
         if not active:
-            _finish(result, st, "Succeeded", "TrainingFinished", f"all {len(succeeded)} agents exited 0")
+            _finish(result, st, "Succeeded", "TrainingFinished", _finished_message(workers))
             _retire_after_end(result, job, workers, store)
         else:
             st.set(phase="Running", currentReplicas=len(active), readyReplicas=len(ready))
@@ -334,21 +374,90 @@ def plan(job: TrainingJob, body: dict[str, Any], obs: Observed) -> Plan:
         selector=naming.worker_selector(job.metadata.name),
         rendezvousId=body["metadata"].get("uid"),
     )
-    running = len(ready) >= spec.replicas.min and bool(live_store) and any(p.ready for p in live_store)
+    if store_ready:
+        # "Recovered" stays while it serves: its lastTransitionTime bounds the store-loss grace period.
+        recovered = store_cond.get("reason") in (STORE_LOST, "Recovered")
+        st.condition("StoreReady", True, "Recovered" if recovered else "Serving", "the rendezvous store is serving")
+    elif "StoreReady" not in st.conditions or st.conditions["StoreReady"]["reason"] != STORE_LOST:
+        st.condition("StoreReady", False, "Starting", "the rendezvous store is starting")
+    running = len(ready) >= spec.replicas.min and store_ready
     if running:
-        if not old.get("startTime"):
-            st.set(startTime=_iso(now))
+        was = st.old_condition("Running")
+        # Never trained before: no restart, no suspension, not running already.
+        result.first_running = (not (was and was.get("status") == "True") and restarts == 0
+                                and "Suspended" not in {c.get("type") for c in old.get("conditions") or []})
         new_phase = "Running" if len(ready) == current else "Scaling"
         st.condition("Running", True, "Training", f"{len(ready)} replicas, world size {len(ready) * nproc}")
         if st.conditions.get("Restarting", {}).get("status") == "True" and len(ready) == current:
             st.condition("Restarting", False, "Training", "training at a stable world size")
     else:
-        new_phase = "Restarting" if old.get("startTime") and restarts else "Pending"
+        new_phase = "Restarting" if restarts else "Pending"
         st.condition("Running", False, reason, message)
     st.condition("Scaling", len(ready) != current, reason, message)
     st.set(phase=new_phase)
     result.status = st.build()
     return result
+
+
+def _out_of_restarts(result: Plan, st: _Status, job: TrainingJob, workers: list[PodView], store: list[PodView],
+                     restarts: int, last: str) -> bool:
+    """Past spec.failurePolicy.maxRestarts: fail the job (and say so in ``result``); else False."""
+    cap = job.spec.failure_policy.max_restarts
+    if restarts <= cap:
+        return False
+    _finish(result, st, "Failed", "RestartLimitExceeded",
+            f"restart limit spec.failurePolicy.maxRestarts={cap} exceeded; last failure: {last}")
+    _retire_after_end(result, job, workers, store)
+    result.status = st.build() | {"restarts": restarts}
+    return True
+
+
+def _store_loss_window(cond: dict[str, Any] | None, now: datetime) -> bool:
+    """While the store is lost, and for a grace period after the new one serves, agents may still drop out."""
+    if not cond:
+        return False
+    if cond.get("status") == "False":
+        return cond.get("reason") == STORE_LOST
+    since = cond.get("lastTransitionTime")
+    return (cond.get("reason") == "Recovered" and since is not None
+            and (now - _parse_time(since)).total_seconds() < STORE_LOSS_GRACE_SECONDS)
+
+
+def _finished_message(workers: list[PodView]) -> str:
+    latest: dict[int, PodView] = {}
+    for p in workers:
+        if p.slot not in latest or p.attempt > latest[p.slot].attempt:
+            latest[p.slot] = p
+    ok = [p for p in latest.values() if p.phase == "Succeeded"]
+    if len(ok) == len(latest):
+        return f"all {len(ok)} agents exited 0"
+    bad = sorted(p.name for p in latest.values() if p.phase != "Succeeded")
+    return f"{len(ok)} agents exited 0; {', '.join(bad)} ended otherwise after training finished"
+
+
+def record_create_failure(plan: Plan, old: dict[str, Any], refused: str | None, now: datetime) -> None:
+    """The ReplicaFailure condition (as a ReplicaSet has): the API refused a pod we must create.
+
+    Quota, Pod Security admission or an invalid field keep a job from running
+    though its spec passed the CRD; say so in status and once as an Event. Cleared
+    when creates go through again.
+    """
+    conditions = plan.status.get("conditions")
+    if conditions is None:
+        return
+    prev = next((c for c in old.get("conditions") or [] if c.get("type") == "ReplicaFailure"), None)
+    if refused is None:
+        if not prev or prev.get("status") != "True":
+            return
+        cond = {"type": "ReplicaFailure", "status": "False", "reason": "Created", "message": "pods are created again"}
+    else:
+        cond = {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": refused[:1024]}
+        if not prev or prev.get("status") != "True" or prev.get("message") != cond["message"]:
+            plan.events.append(("Warning", "FailedCreate", cond["message"]))
+    same = prev and prev.get("status") == cond["status"]
+    cond |= {"lastTransitionTime": prev["lastTransitionTime"] if same and prev.get("lastTransitionTime") else _iso(now),
+             "observedGeneration": plan.status.get("observedGeneration", 0)}
+    plan.status["conditions"] = [c for c in conditions if c["type"] != "ReplicaFailure"] + [cond]
 
 
 def _false_since(st: _Status, ctype: str) -> datetime | None:
@@ -391,4 +500,4 @@ def _desired_replicas(job: TrainingJob, obs: Observed, active: list[PodView], st
     return (placed if placed >= lo else 0), "InsufficientCapacity", msg
 
 
-__all__ = ["Failure", "Observed", "Plan", "PodView", "plan"]
+__all__ = ["Failure", "Observed", "Plan", "PodView", "plan", "record_create_failure"]
