@@ -90,22 +90,12 @@ def test_every_alert_has_a_case():
     assert set(CASES) == {r["alert"] for r in alerts(AlertSettings())}
 
 
-@pytest.mark.parametrize("alert", sorted(CASES))
-def test_alert_fires_for_the_bad_job_only(tmp_path, alert):
-    series, at = CASES[alert]
+def _promtool_test(tmp_path: Path, series: list[dict], tests: dict) -> None:
     rules = _write_rules(tmp_path)
     test = {
         "rule_files": [rules.name],
         "evaluation_interval": "1m",
-        "tests": [{
-            "interval": "1m",
-            "input_series": series,
-            "alert_rule_test": [
-                {"eval_time": at, "alertname": alert, "exp_alerts": [_expected(alert, "bad")]},
-                # At the very start nothing has gone wrong long enough.
-                {"eval_time": "0m", "alertname": alert, "exp_alerts": []},
-            ],
-        }],
+        "tests": [{"interval": "1m", "input_series": series, **tests}],
     }
     path = tmp_path / "test.yaml"
     path.write_text(yaml.safe_dump(test, sort_keys=False))
@@ -113,9 +103,57 @@ def test_alert_fires_for_the_bad_job_only(tmp_path, alert):
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+@pytest.mark.parametrize("alert", sorted(CASES))
+def test_alert_fires_for_the_bad_job_only(tmp_path, alert):
+    series, at = CASES[alert]
+    _promtool_test(tmp_path, series, {"alert_rule_test": [
+        {"eval_time": at, "alertname": alert, "exp_alerts": [_expected(alert, "bad")]},
+        # At the very start nothing has gone wrong long enough.
+        {"eval_time": "0m", "alertname": alert, "exp_alerts": []},
+    ]})
+
+
+def _alternating(*values: str, times: int) -> str:
+    return " ".join(list(values) * times)
+
+
+# Jobs whose trainer never exports a step, so changes() has nothing to look at: only the
+# operator's phase says they should be training. Each case has one such "bad" job next to
+# a job that trains ("good") and one that went active minutes ago ("young"), which must not alert.
+def _exports(job: str, flag: int = 1) -> dict:
+    return _series("kubetrain_operator_job_trainer_metrics", f"{flag}x120", **_job(job))
+
+
+NO_TRAINER_SERIES = {
+    "stuck-in-rendezvous": [_running("bad"), _exports("bad")],
+    "crash-looping": [
+        _series("kubetrain_operator_job_phase", _alternating("1", "0", times=60), **_job("bad", phase="Running")),
+        _series("kubetrain_operator_job_phase", _alternating("0", "1", times=60), **_job("bad", phase="Restarting")),
+        _exports("bad"),
+    ],
+}
+HEALTHY = [
+    _series("kubetrain_trainer_step", "0+10x120", **_job("good", pod="good-w0-0")), _running("good"), _exports("good"),
+    _series("kubetrain_operator_job_phase", "1x25 0x95", **_job("young", phase="Pending")),
+    _series("kubetrain_operator_job_phase", "0x25 1x95", **_job("young", phase="Running")), _exports("young"),
+    # spec.metrics.enabled: false — silent by request, never "stalled" for it.
+    _running("quiet"), _exports("quiet", 0),
+]
+
+
+@pytest.mark.parametrize("case", sorted(NO_TRAINER_SERIES))
+def test_stalled_fires_for_an_active_job_without_trainer_series(tmp_path, case):
+    alert = "KubetrainJobStalled"
+    _promtool_test(tmp_path, NO_TRAINER_SERIES[case] + HEALTHY, {"alert_rule_test": [
+        # Past the window (15m) and the alert's 1m "for"; "young" has been active for 5 minutes only.
+        {"eval_time": "30m", "alertname": alert, "exp_alerts": [_expected(alert, "bad")]},
+        # Active for less than the window: not yet.
+        {"eval_time": "10m", "alertname": alert, "exp_alerts": []},
+    ]})
+
+
 def test_dcgm_series_are_joined_to_jobs_by_pod(tmp_path):
     """The DCGM exporter knows pods, not TrainingJobs: the recording rules join them through the trainer's pod labels."""
-    rules = _write_rules(tmp_path)
     pod = lambda name: {"namespace": "ml", "pod": name}  # noqa: E731
     series = [
         _series("kubetrain_trainer_world_size", "16x10", **_job("gpt", pod="gpt-w0-0")),
@@ -129,26 +167,14 @@ def test_dcgm_series_are_joined_to_jobs_by_pod(tmp_path):
         _series("DCGM_FI_DEV_GPU_UTIL", "100x10", **pod("someone-else"), gpu="1"),
     ]
     job = {"namespace": "ml", "job": "gpt"}
-    test = {
-        "rule_files": [rules.name],
-        "evaluation_interval": "1m",
-        "tests": [{
-            "interval": "1m",
-            "input_series": series,
-            "promql_expr_test": [
-                {"expr": "kubetrain:job_dcgm_gpu_utilization:ratio", "eval_time": "5m",
-                 "exp_samples": [{"labels": f"kubetrain:job_dcgm_gpu_utilization:ratio{_labels(job)}", "value": 0.75}]},
-                {"expr": "kubetrain:job_dcgm_power:watts", "eval_time": "5m",
-                 "exp_samples": [{"labels": f"kubetrain:job_dcgm_power:watts{_labels(job)}", "value": 800}]},
-                {"expr": "kubetrain:job_dcgm_energy:joules", "eval_time": "5m",
-                 "exp_samples": [{"labels": f"kubetrain:job_dcgm_energy:joules{_labels(job)}", "value": 2000}]},
-            ],
-        }],
-    }
-    path = tmp_path / "test.yaml"
-    path.write_text(yaml.safe_dump(test, sort_keys=False))
-    proc = subprocess.run([PROMTOOL, "test", "rules", str(path)], capture_output=True, text=True, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    _promtool_test(tmp_path, series, {"promql_expr_test": [
+        {"expr": "kubetrain:job_dcgm_gpu_utilization:ratio", "eval_time": "5m",
+         "exp_samples": [{"labels": f"kubetrain:job_dcgm_gpu_utilization:ratio{_labels(job)}", "value": 0.75}]},
+        {"expr": "kubetrain:job_dcgm_power:watts", "eval_time": "5m",
+         "exp_samples": [{"labels": f"kubetrain:job_dcgm_power:watts{_labels(job)}", "value": 800}]},
+        {"expr": "kubetrain:job_dcgm_energy:joules", "eval_time": "5m",
+         "exp_samples": [{"labels": f"kubetrain:job_dcgm_energy:joules{_labels(job)}", "value": 2000}]},
+    ]})
 
 
 def _labels(labels: dict) -> str:

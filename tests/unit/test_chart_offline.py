@@ -84,6 +84,11 @@ WRONG_VALUES = [
     ({"monitoring.podMonitor.enabled": "yes"}, "/monitoring/podMonitor/enabled"),
     ({"operator.reconcileIntervalSeconds": 0}, "/operator/reconcileIntervalSeconds"),
     ({"replicas": 2}, "additional properties 'replicas' not allowed"),
+    # The operator pod must keep meeting the restricted Pod Security Standard.
+    ({"securityContext.privileged": True}, "/securityContext/privileged"),
+    ({"securityContext.allowPrivilegeEscalation": True}, "/securityContext/allowPrivilegeEscalation"),
+    ({"securityContext.runAsNonRoot": False}, "/securityContext/runAsNonRoot"),
+    ({"podSecurityContext.runAsNonRoot": False}, "/podSecurityContext/runAsNonRoot"),
 ]
 
 
@@ -132,6 +137,18 @@ def test_operator_pod_is_locked_down_and_probed():
     moved = operator_container(render({"metrics.port": 9100, "probes.port": 8081}))
     assert {p["name"]: p["containerPort"] for p in moved["ports"]} == {"health": 8081, "metrics": 9100}
     assert container_env(moved)["KUBETRAIN_METRICS_PORT"] == "9100" and moved["args"][0].endswith(":8081/healthz")
+
+
+def test_operator_pod_carries_scrape_annotations():
+    def annotations(values=None):
+        (deployment,) = find(render(values), "Deployment")
+        return deployment["spec"]["template"]["metadata"]["annotations"]
+
+    scrape = {"prometheus.io/scrape": "true", "prometheus.io/port": "8000", "prometheus.io/path": "/metrics"}
+    assert annotations() == scrape
+    assert annotations({"metrics.port": 9100})["prometheus.io/port"] == "9100"
+    # Extra pod annotations are kept, and win over ours (e.g. to opt out of annotation scraping).
+    assert annotations({"podAnnotations": {"team": "ml", "prometheus.io/scrape": "false"}}) == scrape | {"team": "ml", "prometheus.io/scrape": "false"}
 
 
 def test_cluster_mode_rbac_is_exactly_what_the_operator_calls():

@@ -100,6 +100,12 @@ def running(sel: str = "") -> str:
     return _m("kubetrain_operator_job_phase", sel, 'phase=~"Running|Scaling"') + " == 1"
 
 
+def active(sel: str = "", offset: str = "") -> str:
+    """1 per job the operator keeps going (Running, Scaling or Restarting): a crash loop alternates among these."""
+    selector = _m("kubetrain_operator_job_phase", sel, 'phase=~"Running|Scaling|Restarting"')
+    return f"sum by ({BY_JOB}) ({selector}{f' offset {offset}' if offset else ''})"
+
+
 def jobs_by_phase(sel: str = "") -> str:
     return f"sum by (phase) ({_m('kubetrain_operator_job_phase', sel)})"
 

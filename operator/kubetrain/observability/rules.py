@@ -17,7 +17,7 @@ from kubetrain.observability import promql as q
 class AlertSettings:
     """Alert thresholds. Strings, so the chart can substitute ``{{ .Values... }}`` for each."""
 
-    stalled_window: str = "15m"  # no step progress for this long while Running
+    stalled_window: str = "15m"  # no step progress, or no step series at all, for this long while active
     throughput_drop_ratio: str = "0.5"  # tokens/s below this share of the last hour's average
     restarts_per_hour: str = "3"
     gpu_idle_ratio: str = "0.1"  # mean GPU utilisation below this while Running
@@ -61,13 +61,22 @@ def _alert(name: str, expr: str, duration: str, severity: str, summary: str, des
 
 def alerts(s: AlertSettings) -> list[dict[str, Any]]:
     running = f"on ({q.BY_JOB}) ({q.running()})"
+    w = s.stalled_window
+    # A job whose trainer exports nothing (stuck in rendezvous, crash-looping) has no step series for
+    # changes() to see: catch it from the operator's side. Active at every minute of the window, and
+    # already active a window ago (min_over_time alone would pass a job that started minutes ago).
+    active_throughout = f"min_over_time(({q.active()})[{w}:1m]) == 1 and on ({q.BY_JOB}) {q.active(offset=w)} == 1"
+    # Only jobs whose trainer was asked to export metrics (spec.metrics.enabled) can go silent.
+    exporting = f"on ({q.BY_JOB}) kubetrain_operator_job_trainer_metrics == 1"
+    silent = f"({active_throughout} and {exporting}) unless on ({q.BY_JOB}) max_over_time(kubetrain_trainer_step[{w}])"
     return [
         _alert(
             "KubetrainJobStalled",
-            f"max by ({q.BY_JOB}) (changes(kubetrain_trainer_step[{s.stalled_window}])) == 0 and {running}",
+            f"(max by ({q.BY_JOB}) (changes(kubetrain_trainer_step[{w}])) == 0 and {running}) or ({silent})",
             "1m", "warning",
             "Training job {{ $labels.namespace }}/{{ $labels.job }} makes no progress",
-            f"The job-wide step has not advanced for {s.stalled_window} while the job is Running.",
+            f"The job-wide step has not advanced for {w} while the job is Running, "
+            f"or its trainer has exported no step for {w} while the operator keeps the job active.",
         ),
         _alert(
             "KubetrainThroughputDropped",
