@@ -15,11 +15,12 @@ PYTEST_ARGS ?=
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-14s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml operator/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	# pip keeps its cache (~/.cache/pip): the multi-GB torch wheel downloads once per machine.
-	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	# The operator's dependencies at the versions its image pins (operator/constraints.txt).
+	$(VENV)/bin/pip install --quiet -c operator/constraints.txt -e '.[dev]'
 	touch $@
 
 .PHONY: install

@@ -84,3 +84,24 @@ def test_operator_image_runs_the_operator_without_torch():
     assert '".[operator]"' in installs and "torch" not in installs
     ignore = (REPO / "operator" / "Dockerfile.dockerignore").read_text().split()
     assert ignore[ignore.index("*") + 1:ignore.index("*") + 4] == ["!pyproject.toml", "!README.md", "!operator/kubetrain"]
+
+
+def _requirement_name(spec: str) -> str:
+    return re.split(r"[<>=!~\[; ]", spec, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_operator_image_pins_every_dependency_the_tests_run_with():
+    import tomllib
+
+    pins = {}
+    for line in (REPO / "operator" / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version, f"not an exact pin: {line}"
+            pins[_requirement_name(name)] = version
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    direct = {_requirement_name(d) for d in project["dependencies"] + project["optional-dependencies"]["operator"]}
+    assert direct <= set(pins), f"not pinned: {direct - set(pins)}"
+    # The same file constrains the image and the test venv (Makefile), so the image runs what was tested.
+    assert any("-c operator/constraints.txt" in rest for op, rest in instructions(REPO / "operator" / "Dockerfile") if op == "RUN")
+    assert "-c operator/constraints.txt" in (REPO / "Makefile").read_text()
