@@ -155,17 +155,36 @@ def _observe(job: TrainingJob, body: dict[str, Any], kube: Kube, idx: Indexes, m
             # Our own release is not in the index yet: do not count it twice.
             view = planner.PodView(**{**view.__dict__, "accounted": True, "tracked": False})
         pods.append(view)
+    now = datetime.now(timezone.utc)
+    pods += [planner.just_created(pod, role, slot, attempt, now) for pod, (role, slot, attempt) in _unseen_creates(memo, pods).items()]
     nodes = [n for store in idx.gpu_nodes.values() for n in store]
     ckpt = job.spec.checkpoint
     claim = ckpt.persistent_volume_claim.claim_name if ckpt and ckpt.persistent_volume_claim else None
     return planner.Observed(
         pods=pods,
-        now=datetime.now(timezone.utc),
+        now=now,
         service_exists=_cached_exists(memo, "service", lambda: kube.service_exists(ns, naming.store_name(name))),
         fits_anywhere=capacity.fits_anywhere(job.spec, nodes) if nodes else job.spec.container.gpus_per_replica == 0,
         missing_pvc=claim if claim and not _cached_exists(memo, f"pvc/{claim}", lambda: kube.pvc_exists(ns, claim)) else None,
         admitted=not _queued(body, job) or not job.spec.suspend,
     )
+
+
+def _unseen_creates(memo: kopf.Memo, indexed: list[planner.PodView]) -> dict[str, tuple[str, int, int]]:
+    """Pods we created that the watch has not shown yet (forgotten once shown, or after CREATED_TTL).
+
+    Without them the next reconcile, often a few milliseconds later (our own status
+    patch triggers it), would create the same pods again and get a 409 for each.
+    """
+    created: dict[str, tuple[float, str, int, int]] = memo.setdefault("created", {})
+    shown = {v.name for v in indexed}
+    now = time.monotonic()
+    for pod in [p for p, (t, *_) in created.items() if p in shown or t + CREATED_TTL < now]:
+        del created[pod]
+    return {pod: (role, slot, attempt) for pod, (_, role, slot, attempt) in created.items()}
+
+
+CREATED_TTL = 30.0
 
 
 def _placeable(job: TrainingJob, idx: Indexes) -> int | None:
@@ -222,10 +241,15 @@ def _execute(plan: planner.Plan, job: TrainingJob, body: dict[str, Any], kube: K
     if plan.create_service:
         _create(kube, builders.store_service(job, body))
         memo.setdefault("exists", {})["service"] = time.monotonic()
+    created: dict[str, tuple[float, str, int, int]] = memo.setdefault("created", {})
     if plan.create_store:
-        _create(kube, builders.store_pod(job, body, CONFIG.build))
+        store = builders.store_pod(job, body, CONFIG.build)
+        _create(kube, store)
+        created[store["metadata"]["name"]] = (time.monotonic(), naming.ROLE_STORE, 0, 0)
     for slot, attempt in plan.create_workers:
-        _create(kube, builders.worker_pod(job, body, slot, attempt, CONFIG.build))
+        pod = builders.worker_pod(job, body, slot, attempt, CONFIG.build)
+        _create(kube, pod)
+        created[pod["metadata"]["name"]] = (time.monotonic(), naming.ROLE_WORKER, slot, attempt)
     released: set[str] = memo.setdefault("released", set())
     raced: set[str] = set()
     for name in dict.fromkeys(plan.release):

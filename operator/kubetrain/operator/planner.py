@@ -97,6 +97,12 @@ def _int_label(labels: dict[str, str], key: str, default: int) -> int:
         return default
 
 
+def just_created(name: str, role: str, slot: int, attempt: int, now: datetime) -> PodView:
+    """A pod this operator created a moment ago that its watch has not delivered yet."""
+    return PodView(name=name, role=role, slot=slot, attempt=attempt, phase="Pending", ready=False, node=None,
+                   deleting=False, accounted=False, tracked=role == naming.ROLE_WORKER, unschedulable=False, created=now)
+
+
 @dataclass(frozen=True)
 class Observed:
     """Everything the planner sees besides the job itself."""
