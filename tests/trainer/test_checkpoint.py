@@ -89,3 +89,18 @@ def test_keep_last_k_and_stale_world_fencing(tmp_path):
     with pytest.raises(ck.StaleWorldError):
         mgr.save(state, ck.CheckpointMeta(step=5, sample_position=5, world_size=1))
     assert [s for s, _, _ in ck.list_checkpoints(tmp_path)] == [3, 4]
+
+
+def test_saving_a_step_that_is_saved_already_keeps_it(tmp_path, monkeypatch):
+    model, state = _fresh_state()
+    mgr = ck.CheckpointManager(str(tmp_path), keep=2, rank=0, world_size=1)
+    mgr.prepare()
+    mgr.claim()
+    first = mgr.save(state, ck.CheckpointMeta(step=7, sample_position=56, world_size=1, reason="interval"))
+    marker = (first / ck.MARKER).read_text()
+    # SIGTERM right after: the same step again. The complete checkpoint is never removed, not even for a moment.
+    removed = []
+    monkeypatch.setattr(ck.shutil, "rmtree", lambda path, *a, **kw: removed.append(str(path)))
+    again = mgr.save(state, ck.CheckpointMeta(step=7, sample_position=56, world_size=1, reason="sigterm"))
+    assert again == first and removed == [] and (first / ck.MARKER).read_text() == marker
+    assert [s for s, _, _ in ck.list_checkpoints(tmp_path)] == [7]

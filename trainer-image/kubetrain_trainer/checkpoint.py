@@ -251,6 +251,12 @@ class CheckpointManager:
                 f"another rendezvous round now owns {self.root} (this world missed a heartbeat and was replaced); "
                 "exiting so the agent rejoins the current round"
             )
+        if self._broadcast(any(step == meta.step for step, _, _ in list_checkpoints(self.root)) if self.rank == 0 else None):
+            # This step is saved and complete already (SIGTERM right after an interval save, or
+            # right after a resume): the state is the same. Rewriting it would leave a moment
+            # with no checkpoint of it at all, so keep the one there is.
+            self.last_saved_step = meta.step
+            return final
         if self.rank == 0:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)  # an interrupted earlier attempt at this step
@@ -261,7 +267,7 @@ class CheckpointManager:
         if self.rank == 0:
             _write_marker(tmp / MARKER, meta)
             _fsync_dir(tmp)
-            if final.exists():  # same step saved before (e.g. SIGTERM right after an interval save)
+            if final.exists():  # an incomplete directory of this step (no marker): never a valid checkpoint
                 shutil.rmtree(final)
             os.rename(tmp, final)
             _fsync_dir(self.root)
