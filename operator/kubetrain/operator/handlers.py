@@ -160,12 +160,14 @@ def _observe(job: TrainingJob, body: dict[str, Any], kube: Kube, idx: Indexes, m
     nodes = [n for store in idx.gpu_nodes.values() for n in store]
     ckpt = job.spec.checkpoint
     claim = ckpt.persistent_volume_claim.claim_name if ckpt and ckpt.persistent_volume_claim else None
+    # A job that trains has its Service and its claim: no reads while it runs.
+    settled = (body.get("status") or {}).get("phase") == "Running"
     return planner.Observed(
         pods=pods,
         now=now,
-        service_exists=_cached_exists(memo, "service", lambda: kube.service_exists(ns, naming.store_name(name))),
+        service_exists=_cached_exists(memo, "service", lambda: kube.service_exists(ns, naming.store_name(name)), settled),
         fits_anywhere=capacity.fits_anywhere(job.spec, nodes) if nodes else job.spec.container.gpus_per_replica == 0,
-        missing_pvc=claim if claim and not _cached_exists(memo, f"pvc/{claim}", lambda: kube.pvc_exists(ns, claim)) else None,
+        missing_pvc=claim if claim and not _cached_exists(memo, f"pvc/{claim}", lambda: kube.pvc_exists(ns, claim), settled) else None,
         admitted=not _queued(body, job) or not job.spec.suspend,
     )
 
@@ -198,15 +200,16 @@ def _placeable(job: TrainingJob, idx: Indexes) -> int | None:
 EXISTS_TTL = 60.0
 
 
-def _cached_exists(memo: kopf.Memo, key: str, look: Callable[[], bool]) -> bool:
-    """Whether an object exists; a yes is trusted for EXISTS_TTL seconds, a no is looked up again each round.
+def _cached_exists(memo: kopf.Memo, key: str, look: Callable[[], bool], settled: bool) -> bool:
+    """Whether an object exists. A yes is trusted while the job is ``settled`` (it trains) and
+    for EXISTS_TTL seconds otherwise; a no is looked up again each round.
 
-    The Service and the checkpoint claim rarely go away under a live job: one read
-    a minute per job, not one per reconcile, yet a Service deleted by hand is recreated.
+    The Service and the checkpoint claim rarely go away: no reads while the job runs,
+    one a minute while it starts or recovers, yet a Service deleted by hand is recreated.
     """
     seen: dict[str, float] = memo.setdefault("exists", {})
     now = time.monotonic()
-    if seen.get(key, -EXISTS_TTL) + EXISTS_TTL > now:
+    if key in seen and (settled or seen[key] + EXISTS_TTL > now):
         return True
     if look():
         seen[key] = now
