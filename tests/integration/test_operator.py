@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,13 +19,8 @@ from kubernetes import client
 
 from crd_helpers import Jobs, install_crd, kubectl, wait_gone
 from kubetrain.devcluster import gpu_pool
+from kubetrain.devcluster.processes import free_port
 from kubetrain.devcluster.wait import wait_for
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Operator:

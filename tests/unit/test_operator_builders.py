@@ -5,12 +5,12 @@ from __future__ import annotations
 import ast
 import os
 import signal
-import socket
 import subprocess
 import sys
 from datetime import timedelta
 
 from kubetrain.api.manifests import load_trainingjobs
+from kubetrain.devcluster.processes import free_port
 from kubetrain.operator import builders, naming
 from kubetrain.operator.builders import BuildConfig
 from support.variants import REPO
@@ -106,12 +106,6 @@ def test_pod_names_fit_a_dns_label_and_parse_back():
     assert naming.parse_worker_pod_name(name) == ("a" * 50, 1023, 1001)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _imported_modules(source: str) -> set[str]:
     tree = ast.parse(source)
     names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
@@ -123,7 +117,7 @@ def test_store_program_runs_in_any_image_with_torch(tmp_path):
     """The store pod's command, run as is: it serves a TCPStore and stops on SIGTERM; it imports no kubetrain."""
     cmd = builders.store_pod(_job("plain-torchrun-script"), BODY, CFG)["spec"]["containers"][0]["command"]
     assert _imported_modules(cmd[2]) - set(sys.stdlib_module_names) - {"__future__"} == {"torch"}
-    port = _free_port()
+    port = free_port()
     # From an empty directory, without this repository on the path, as in a user's image.
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.Popen([sys.executable, *cmd[1:-1], str(port)], cwd=tmp_path, env=env,
