@@ -144,7 +144,7 @@ def _iso(t: datetime) -> str:
 class _Status:
     """Builds the status patch, keeping conditions' lastTransitionTime honest."""
 
-    def __init__(self, job: TrainingJob, old: dict[str, Any], now: datetime, generation: int):
+    def __init__(self, old: dict[str, Any], now: datetime, generation: int):
         self.old = old
         self.now = now
         self.generation = generation
@@ -215,7 +215,7 @@ def plan(job: TrainingJob, body: dict[str, Any], obs: Observed) -> Plan:
     spec = job.spec
     old = body.get("status") or {}
     now = obs.now
-    st = _Status(job, old, now, body["metadata"].get("generation", 0))
+    st = _Status(old, now, body["metadata"].get("generation", 0))
     result = Plan()
     workers = [p for p in obs.pods if p.role == naming.ROLE_WORKER]
     store = [p for p in obs.pods if p.role == naming.ROLE_STORE]
@@ -448,22 +448,18 @@ def record_create_failure(plan: Plan, old: dict[str, Any], refused: str | None, 
     though its spec passed the CRD; say so in status and once as an Event. Cleared
     when creates go through again.
     """
-    conditions = plan.status.get("conditions")
-    if conditions is None:
+    if "conditions" not in plan.status:
         return
-    prev = next((c for c in old.get("conditions") or [] if c.get("type") == "ReplicaFailure"), None)
-    if refused is None:
-        if not prev or prev.get("status") != "True":
-            return
-        cond = {"type": "ReplicaFailure", "status": "False", "reason": "Created", "message": "pods are created again"}
-    else:
-        cond = {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": refused[:1024]}
-        if not prev or prev.get("status") != "True" or prev.get("message") != cond["message"]:
-            plan.events.append(("Warning", "FailedCreate", cond["message"]))
-    same = prev and prev.get("status") == cond["status"]
-    cond |= {"lastTransitionTime": prev["lastTransitionTime"] if same and prev.get("lastTransitionTime") else _iso(now),
-             "observedGeneration": plan.status.get("observedGeneration", 0)}
-    plan.status["conditions"] = [c for c in conditions if c["type"] != "ReplicaFailure"] + [cond]
+    st = _Status({"conditions": plan.status["conditions"]}, now, plan.status.get("observedGeneration", 0))
+    prev = next((c for c in old.get("conditions") or [] if c.get("type") == "ReplicaFailure"), {})
+    if refused is not None:
+        message = refused[:1024]
+        if prev.get("status") != "True" or prev.get("message") != message:
+            plan.events.append(("Warning", "FailedCreate", message))
+        st.condition("ReplicaFailure", True, "FailedCreate", message)
+    elif prev.get("status") == "True":
+        st.condition("ReplicaFailure", False, "Created", "pods are created again")
+    plan.status["conditions"] = st.build()["conditions"]
 
 
 def _false_since(st: _Status, ctype: str) -> datetime | None:
