@@ -82,10 +82,27 @@ def jobs(cluster, operator, namespace) -> Iterator[Jobs]:
     yield j
     # Shown by pytest only when the test failed.
     print(f"--- operator log (tail) ---\n{operator.logs()}")
+    print(f"--- pods, nodes and events ---\n{_cluster_picture(j)}")
     # Leave the GPU pool empty for the next test: delete every job and wait for its pods.
     for item in j.custom.list_namespaced_custom_object("kubetrain.dev", "v1alpha1", namespace, "trainingjobs")["items"]:
         j.delete(item["metadata"]["name"])
     wait_gone(lambda: j.core.list_namespaced_pod(namespace).items, f"pods in {namespace}", timeout=90)
+
+
+def _cluster_picture(j: Jobs) -> str:
+    """Where every pod is and why, for a failed test's output."""
+    lines = []
+    for p in j.core.list_pod_for_all_namespaces().items:
+        conds = ",".join(f"{c.type}={c.status}{'/' + c.reason if c.reason else ''}" for c in p.status.conditions or [])
+        lines.append(f"pod {p.metadata.namespace}/{p.metadata.name} {p.status.phase} node={p.spec.node_name} "
+                     f"deleting={bool(p.metadata.deletion_timestamp)} {conds}")
+    for n in j.core.list_node().items:
+        ready = next((c.status for c in n.status.conditions or [] if c.type == "Ready"), "?")
+        lines.append(f"node {n.metadata.name} Ready={ready} gpus={(n.status.allocatable or {}).get('nvidia.com/gpu')} "
+                     f"taints={[t.key for t in n.spec.taints or []]} unschedulable={n.spec.unschedulable}")
+    for e in j.core.list_namespaced_event(j.ns).items[-30:]:
+        lines.append(f"event {e.involved_object.kind}/{e.involved_object.name} {e.reason}: {e.message}")
+    return "\n".join(lines)
 
 
 def gpu_job(name: str, lo: int, hi: int, **spec) -> dict:
@@ -293,7 +310,7 @@ def test_two_jobs_competing_for_gpus_never_deadlock(cluster, jobs):
 def test_losing_the_rendezvous_store_costs_one_restart_not_one_per_agent(cluster, jobs):
     jobs.create(gpu_job("storeloss", 2, 3, failurePolicy={"maxRestarts": 1}))
     jobs.wait("storeloss", lambda s: s.get("readyReplicas") == 3 and _condition(s, "StoreReady").get("status") == "True",
-              "3 ready, store serving", 60)
+              "3 ready, store serving", 90)
     jobs.core.delete_namespaced_pod("storeloss-rdzv", jobs.ns, grace_period_seconds=0)
     st = jobs.wait("storeloss", lambda s: _condition(s, "StoreReady").get("reason") in ("StoreLost", "Recovered"), "store loss seen", 60)
     assert st["restarts"] == 1
