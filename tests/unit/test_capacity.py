@@ -40,15 +40,19 @@ def test_not_ready_cordoned_and_tainted_nodes_do_not_count():
     assert placeable_replicas(tolerant, nodes, {}) == 2
 
 
+def _gpus(r: Reservations, seen=frozenset()) -> list[int]:
+    return [e.gpus for e in r.unseen(lambda *key: key in seen).values()]
+
+
 def test_reservations_last_until_the_index_shows_the_pod_or_they_expire():
     r = Reservations(ttl_seconds=0.2)
-    r.add("ns", "a", "a-w0-0", 8)
-    r.add("ns", "a", "a-w1-0", 8)
+    r.add("ns", "a", "a-w0-0", "worker", 0, 0, 8)
+    r.add("ns", "a", "a-w1-0", "worker", 1, 0, 8)
     seen = {("ns", "a", "a-w0-0")}
-    assert r.pending(lambda *key: key in seen) == [8]  # a-w0-0 is in the index now: no longer reserved
-    assert r.pending(lambda *key: False) == [8]
+    assert _gpus(r, seen) == [8]  # a-w0-0 is in the index now: no longer reserved
+    assert _gpus(r) == [8]
     r.discard("ns", "a", "a-w1-0")
-    assert r.pending(lambda *key: False) == []
-    r.add("ns", "b", "b-w0-0", 4)
+    assert _gpus(r) == []
+    r.add("ns", "b", "b-w0-0", "worker", 0, 0, 4)
     time.sleep(0.25)
-    assert r.pending(lambda *key: False) == []  # expired: the create never showed up
+    assert _gpus(r) == []  # expired: the create never showed up

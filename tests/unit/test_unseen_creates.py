@@ -2,27 +2,42 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 import kopf
 
-from kubetrain.operator import handlers, planner
+from kubetrain.api.manifests import parse_trainingjob
+from kubetrain.operator import capacity, handlers, naming, planner
 
 
 def test_created_pods_count_until_the_index_shows_them_or_they_expire(monkeypatch):
-    memo = kopf.Memo()
-    memo["created"] = {"j-w0-0": (100.0, "worker", 0, 0), "j-w1-0": (100.0, "worker", 1, 0), "j-rdzv": (100.0, "rendezvous", 0, 0)}
-    monkeypatch.setattr(handlers.time, "monotonic", lambda: 101.0)
-    shown = [planner.PodView.from_body({"metadata": {"name": "j-w0-0", "labels": {}}})]
-    assert handlers._unseen_creates(memo, shown) == {"j-w1-0": ("worker", 1, 0), "j-rdzv": ("rendezvous", 0, 0)}
-    assert "j-w0-0" not in memo["created"]  # shown once: forgotten
-    monkeypatch.setattr(handlers.time, "monotonic", lambda: 100.0 + handlers.CREATED_TTL + 1)
-    assert handlers._unseen_creates(memo, []) == {}  # never shown: a create that did not happen after all
+    ledger = capacity.Reservations(ttl_seconds=30.0)
+    monkeypatch.setattr(handlers, "RESERVATIONS", ledger)
+    monkeypatch.setattr(capacity.time, "monotonic", lambda: 100.0)
+    job = parse_trainingjob({"apiVersion": "kubetrain.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": "j"},
+                             "spec": {"replicas": {"min": 1, "max": 2}}})
+    body = {"metadata": {"name": "j", "namespace": "ns", "uid": "u"}, "status": {}}
+    plan = planner.Plan(create_store=True, create_workers=[(0, 0), (1, 0)])
+    assert handlers._reserve(plan, job, "ns") == ["j-rdzv", "j-w0-0", "j-w1-0"]
+    ledger.add("other", "j", "j-w5-0", naming.ROLE_WORKER, 5, 0, 0)  # same job name, another namespace
+    shown = {"j-w0-0": planner.PodView.from_body({"metadata": {"name": "j-w0-0", "labels": {}}})}
+    idx = handlers.Indexes(job_pods={("ns", "j"): list(shown.values())}, gpu_nodes={}, gpus_in_use={}, gpus_pending={})
+    observed = handlers._observe(job, body, _NoApi(), idx, kopf.Memo())
+    assert {(p.name, p.role, p.slot, p.attempt, p.phase) for p in observed.pods if p.name not in shown} == {
+        ("j-w1-0", "worker", 1, 0, "Pending"), ("j-rdzv", "rendezvous", 0, 0, "Pending")}
+    assert ("ns", "j", "j-w0-0") not in ledger.unseen(lambda *k: False)  # shown once: forgotten
+    monkeypatch.setattr(capacity.time, "monotonic", lambda: 100.0 + 30.0 + 1)
+    assert ledger.unseen(lambda *k: False) == {}  # never shown: a create that did not happen after all
+
+
+class _NoApi:
+    """_observe may look up the Service: say it exists, and nothing else."""
+
+    def service_exists(self, namespace: str, name: str) -> bool:
+        return True
 
 
 def test_a_just_created_worker_occupies_its_slot_in_the_plan():
-    from datetime import datetime, timezone
-
-    from kubetrain.api.manifests import parse_trainingjob
-
     job = parse_trainingjob({"apiVersion": "kubetrain.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": "j"},
                              "spec": {"replicas": {"min": 1, "max": 2}}})
     now = datetime.now(timezone.utc)

@@ -98,30 +98,47 @@ def pod_gpus(pod_spec: dict[str, Any], gpu_resource: str = "nvidia.com/gpu") -> 
     return total
 
 
-class Reservations:
-    """GPUs of pods this operator has just decided to create, until its pod index shows them.
+@dataclass(frozen=True)
+class Reservation:
+    role: str
+    slot: int
+    attempt: int
+    gpus: int
+    expiry: float  # time.monotonic()
 
-    A create and the watch event that feeds the index are milliseconds apart; a
-    reconcile of another job in that gap would count the same GPUs as free. The
-    reconciles that plan GPU pods hold ``lock`` from reading capacity to
-    recording what they will create, so each sees the others' decisions.
+
+class Reservations:
+    """Pods this operator has decided to create, until its pod index shows them.
+
+    A create and the watch event that feeds the index are milliseconds apart. In
+    that gap another job's reconcile would count the same GPUs as free, and the
+    job's own next reconcile (our status patch triggers one at once) would create
+    the same pods again. So both read this ledger: other jobs count its GPUs as
+    taken, the job counts its pods as there. The reconciles that plan GPU pods
+    hold ``lock`` from reading capacity to recording what they will create, so
+    each sees the others' decisions. An entry the index never shows (the create
+    did not happen after all) expires after ``ttl_seconds``.
     """
 
     def __init__(self, ttl_seconds: float = 30.0):
         self.lock = threading.Lock()
+        self._guard = threading.Lock()  # the entries themselves: every job's thread touches them
         self._ttl = ttl_seconds
-        self._items: dict[tuple[str, str, str], tuple[int, float]] = {}  # (namespace, job, pod) -> (gpus, expiry)
+        self._items: dict[tuple[str, str, str], Reservation] = {}  # (namespace, job, pod)
 
-    def add(self, namespace: str, job: str, pod: str, gpus: int) -> None:
-        self._items[(namespace, job, pod)] = (gpus, time.monotonic() + self._ttl)
+    def add(self, namespace: str, job: str, pod: str, role: str, slot: int, attempt: int, gpus: int) -> None:
+        with self._guard:
+            self._items[(namespace, job, pod)] = Reservation(role, slot, attempt, gpus, time.monotonic() + self._ttl)
 
     def discard(self, namespace: str, job: str, pod: str) -> None:
-        self._items.pop((namespace, job, pod), None)
+        with self._guard:
+            self._items.pop((namespace, job, pod), None)
 
-    def pending(self, indexed: Callable[[str, str, str], bool]) -> list[int]:
-        """GPUs still reserved: for pods the index does not show yet, and not expired."""
+    def unseen(self, indexed: Callable[[str, str, str], bool]) -> dict[tuple[str, str, str], Reservation]:
+        """The entries for pods the index does not show yet, and not expired (the others are dropped)."""
         now = time.monotonic()
-        for key, (_, expiry) in list(self._items.items()):
-            if expiry < now or indexed(*key):
-                del self._items[key]
-        return [gpus for gpus, _ in self._items.values()]
+        with self._guard:
+            for key, entry in list(self._items.items()):
+                if entry.expiry < now or indexed(*key):
+                    del self._items[key]
+            return dict(self._items)

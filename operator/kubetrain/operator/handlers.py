@@ -156,7 +156,8 @@ def _observe(job: TrainingJob, body: dict[str, Any], kube: Kube, idx: Indexes, m
             view = planner.PodView(**{**view.__dict__, "accounted": True, "tracked": False})
         pods.append(view)
     now = datetime.now(timezone.utc)
-    pods += [planner.just_created(pod, role, slot, attempt, now) for pod, (role, slot, attempt) in _unseen_creates(memo, pods).items()]
+    pods += [planner.just_created(pod, r.role, r.slot, r.attempt, now)
+             for (r_ns, r_job, pod), r in RESERVATIONS.unseen(idx.shows).items() if (r_ns, r_job) == (ns, name)]
     nodes = [n for store in idx.gpu_nodes.values() for n in store]
     ckpt = job.spec.checkpoint
     claim = ckpt.persistent_volume_claim.claim_name if ckpt and ckpt.persistent_volume_claim else None
@@ -172,28 +173,22 @@ def _observe(job: TrainingJob, body: dict[str, Any], kube: Kube, idx: Indexes, m
     )
 
 
-def _unseen_creates(memo: kopf.Memo, indexed: list[planner.PodView]) -> dict[str, tuple[str, int, int]]:
-    """Pods we created that the watch has not shown yet (forgotten once shown, or after CREATED_TTL).
-
-    Without them the next reconcile, often a few milliseconds later (our own status
-    patch triggers it), would create the same pods again and get a 409 for each.
-    """
-    created: dict[str, tuple[float, str, int, int]] = memo.setdefault("created", {})
-    shown = {v.name for v in indexed}
-    now = time.monotonic()
-    for pod in [p for p, (t, *_) in created.items() if p in shown or t + CREATED_TTL < now]:
-        del created[pod]
-    return {pod: (role, slot, attempt) for pod, (_, role, slot, attempt) in created.items()}
-
-
-CREATED_TTL = 30.0
+def _reserve(plan: planner.Plan, job: TrainingJob, ns: str) -> list[str]:
+    """Put the pods ``plan`` creates in the ledger (see capacity.Reservations); their names."""
+    name = job.metadata.name
+    pods = [(naming.store_name(name), naming.ROLE_STORE, 0, 0, 0)] if plan.create_store else []
+    pods += [(naming.worker_pod_name(name, s, a), naming.ROLE_WORKER, s, a, job.spec.container.gpus_per_replica)
+             for s, a in plan.create_workers]
+    for pod, role, slot, attempt, gpus in pods:
+        RESERVATIONS.add(ns, name, pod, role, slot, attempt, gpus)
+    return [pod for pod, *_ in pods]
 
 
 def _placeable(job: TrainingJob, idx: Indexes) -> int | None:
     """Replicas that fit now, after every pod created but not bound yet (call under RESERVATIONS.lock)."""
     nodes = [n for store in idx.gpu_nodes.values() for n in store]
     used = {node: sum(store) for node, store in idx.gpus_in_use.items()}
-    pending = [g for store in idx.gpus_pending.values() for g in store] + RESERVATIONS.pending(idx.shows)
+    pending = [g for store in idx.gpus_pending.values() for g in store] + [r.gpus for r in RESERVATIONS.unseen(idx.shows).values()]
     return capacity.placeable_replicas(job.spec, nodes, used, pending)
 
 
@@ -244,15 +239,10 @@ def _execute(plan: planner.Plan, job: TrainingJob, body: dict[str, Any], kube: K
     if plan.create_service:
         _create(kube, builders.store_service(job, body))
         memo.setdefault("exists", {})["service"] = time.monotonic()
-    created: dict[str, tuple[float, str, int, int]] = memo.setdefault("created", {})
     if plan.create_store:
-        store = builders.store_pod(job, body, CONFIG.build)
-        _create(kube, store)
-        created[store["metadata"]["name"]] = (time.monotonic(), naming.ROLE_STORE, 0, 0)
+        _create(kube, builders.store_pod(job, body, CONFIG.build))
     for slot, attempt in plan.create_workers:
-        pod = builders.worker_pod(job, body, slot, attempt, CONFIG.build)
-        _create(kube, pod)
-        created[pod["metadata"]["name"]] = (time.monotonic(), naming.ROLE_WORKER, slot, attempt)
+        _create(kube, builders.worker_pod(job, body, slot, attempt, CONFIG.build))
     released: set[str] = memo.setdefault("released", set())
     raced: set[str] = set()
     for name in dict.fromkeys(plan.release):
@@ -339,9 +329,7 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: loggi
             with RESERVATIONS.lock if job.spec.container.gpus_per_replica else nullcontext():
                 obs = replace(obs, placeable=_placeable(job, idx))
                 result = planner.plan(job, raw, obs)
-                planned = [naming.worker_pod_name(job.metadata.name, s, a) for s, a in result.create_workers]
-                for pod in planned:
-                    RESERVATIONS.add(ns, job.metadata.name, pod, job.spec.container.gpus_per_replica)
+                planned = _reserve(result, job, ns)
             try:
                 _execute(result, job, raw, kube, memo)
             except (ApiException, CreateRefused):
