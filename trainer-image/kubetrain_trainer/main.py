@@ -33,7 +33,8 @@ from kubetrain_trainer.failure import (  # noqa: E402
     write_termination_message,
 )
 from kubetrain_trainer.process_exit import exit_process  # noqa: E402
-from kubetrain_trainer.trainer import DistEnv, StopFlag, Trainer  # noqa: E402
+from kubetrain_trainer.stop_flag import StopFlag  # noqa: E402
+from kubetrain_trainer.trainer import DistEnv, Trainer  # noqa: E402
 
 log = logging.getLogger("kubetrain_trainer")
 

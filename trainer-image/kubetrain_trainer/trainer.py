@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import os
-import signal
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +36,7 @@ from kubetrain_trainer.mfu import peak_flops_for
 from kubetrain_trainer.parallel import wrap_model
 from kubetrain_trainer.precision import PrecisionPlan
 from kubetrain_trainer.status import write_status
+from kubetrain_trainer.stop_flag import StopFlag
 
 log = logging.getLogger(__name__)
 
@@ -67,26 +67,6 @@ class DistEnv:
             group_rank=get("GROUP_RANK", 0),
             restart_count=get("TORCHELASTIC_RESTART_COUNT", 0),
         )
-
-
-class StopFlag:
-    """Set by SIGTERM/SIGINT; the loop checks it at step boundaries (never in the handler)."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-
-    @property
-    def requested(self) -> bool:
-        return self.signum is not None
-
-    def _handle(self, signum, frame) -> None:  # noqa: ARG002
-        if self.signum is None:
-            self.signum = signum
-
-    def install(self) -> "StopFlag":
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._handle)
-        return self
 
 
 # Columns of the row every rank contributes to the per-step all-gather.
