@@ -6,6 +6,13 @@ a subprocess started with the same flags the operator gives its pods
 and its own metrics port — so killing any agent is survivable, exactly as
 losing any pod is.
 
+Nothing it starts outlives it. :meth:`LocalJob.stop` (and ``kubetrain run`` on
+SIGTERM/SIGINT/SIGHUP) stops the agents as a pod deletion would: SIGTERM, the
+trainers checkpoint, SIGKILL after :data:`STOP_GRACE_SECONDS`, then the store.
+If the launcher dies without running any of that, the kernel ends the rest
+(:mod:`.parent_death`: the store and the agents die with the launcher, each
+worker with its agent).
+
 Used by ``kubetrain run`` / ``make demo`` (:func:`run_local`, with a progress
 bar and a summary) and by tests and benchmarks (:class:`LocalJob`:
 ``kill_agent``, ``add_agent``, ``wait``, ``status``).
@@ -21,6 +28,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -30,7 +38,11 @@ from typing import TextIO
 from kubetrain.contract import TrainerContract
 from kubetrain.torchrun import ELASTIC_ENV, RendezvousTimeouts, torchrun_args
 
+from kubetrain_trainer.checkpoint_layout import latest_checkpoint
+from kubetrain_trainer.parent_death import LAUNCH_MARK, die_with
+from kubetrain_trainer.process_scan import descendants, marked
 from kubetrain_trainer.status import read_status
+from kubetrain_trainer.stop_flag import StopFlag
 
 # Local agents share one host: short timeouts make a lost agent expire after
 # keep_alive_interval × keep_alive_max_attempt = 5 s and a round close
@@ -39,6 +51,16 @@ from kubetrain_trainer.status import read_status
 # can be up to 2 intervals apart; with 1 s × 2 attempts we saw a busy but
 # healthy agent declared dead, and a second agent formed its own world.
 LOCAL_TIMEOUTS = RendezvousTimeouts(join=300, last_call=3, close=10, heartbeat=5, keep_alive_interval=1, keep_alive_max_attempt=5)
+
+# From the stop (SIGTERM to the agents) to SIGKILL of whatever is left. A trainer
+# stops at its next step boundary and writes a checkpoint: on a CPU that is one
+# step plus well under a second for a model that trains here at all. torchrun
+# gets less, so that its own SIGTERM -> SIGKILL of its workers fires first and
+# every agent still exits by itself (as the operator's pods: grace - 20 s).
+STOP_GRACE_SECONDS = 30
+AGENT_SHUTDOWN_SECONDS = STOP_GRACE_SECONDS - 10
+# kubetrain run's own stop signals: a user's kill, Ctrl-C, a closed terminal.
+RUN_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 _PKG_ROOT = Path(__file__).resolve().parent.parent  # .../trainer-image
 _CONTRACT_ROOT = Path(sys.modules[TrainerContract.__module__].__file__).resolve().parent.parent  # .../operator
@@ -57,8 +79,13 @@ def build_torchrun_args(
     timeouts: RendezvousTimeouts = LOCAL_TIMEOUTS,
     monitor_interval: float = 0.5,
     program: tuple[str, ...] | None = None,
+    shutdown_timeout: int = AGENT_SHUTDOWN_SECONDS,
 ) -> list[str]:
-    """The argv of one local agent: the operator's torchrun flags, run by ``python``. Pure; no torch needed."""
+    """The argv of one local agent: the operator's torchrun flags, run by ``python``. Pure; no torch needed.
+
+    Unlike a pod's, each worker starts through :mod:`.parent_death`: it dies with
+    its agent (in a pod the container does that).
+    """
     args = torchrun_args(
         min_nodes=min_nodes,
         max_nodes=max_nodes,
@@ -66,10 +93,11 @@ def build_torchrun_args(
         endpoint=endpoint,
         rdzv_id=rdzv_id,
         max_restarts=max_restarts,
-        program=program or (python, "-m", "kubetrain_trainer"),
+        program=(python, "-m", "kubetrain_trainer.parent_death", *(program or (python, "-m", "kubetrain_trainer"))),
         local_addr=local_addr,
         timeouts=timeouts,
         monitor_interval=monitor_interval,
+        shutdown_timeout=shutdown_timeout,
     )
     return [python, *args[1:]]
 
@@ -84,28 +112,6 @@ def _port_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.2)
         return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _children(pid: int) -> list[int]:
-    """All descendants of ``pid`` (torchrun's workers run in their own sessions, so process groups do not find them)."""
-    try:
-        import psutil
-
-        return [p.pid for p in psutil.Process(pid).children(recursive=True)]
-    except Exception:  # noqa: BLE001 - no psutil or the process is gone: scan /proc
-        parents: dict[int, int] = {}
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                with contextlib.suppress(OSError, ValueError, IndexError):
-                    stat = (entry / "stat").read_text()
-                    parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-        out, frontier = [], [pid]
-        while frontier:
-            cur = frontier.pop()
-            kids = [p for p, pp in parents.items() if pp == cur]
-            out += kids
-            frontier += kids
-        return out
 
 
 @dataclass
@@ -124,7 +130,11 @@ class Agent:
 
 
 class LocalJob:
-    """A rendezvous store and torchrun agents as local processes. Use as a context manager."""
+    """A rendezvous store and torchrun agents as local processes. Use as a context manager.
+
+    Start it from a thread that outlives it (the main thread): the kernel ties
+    its children's lives to the thread that started them (:mod:`.parent_death`).
+    """
 
     def __init__(
         self,
@@ -160,6 +170,9 @@ class LocalJob:
             changes["pod_name"] = ""
         self.contract = contract.replace(**changes)
         self.rdzv_id = f"{contract.job_name}-{uuid.uuid4().hex[:8]}"
+        # Every process of this job carries it (workers inherit it from their agent): a sweep
+        # at stop finds what lost its parent, and a worker checks that its parent is its agent.
+        self.mark = {LAUNCH_MARK: self.rdzv_id}
         self.rdzv_port = free_port()
         cpus = os.cpu_count() or 1
         self.omp_threads = omp_threads or max(1, cpus // max(1, self.max_replicas * nproc_per_node))
@@ -185,6 +198,7 @@ class LocalJob:
             TORCHELASTIC_ERROR_FILE=str(error_file),
             OMP_NUM_THREADS=str(self.omp_threads),
             PYTHONUNBUFFERED="1",
+            **self.mark,
         )
         extra = dict(self.extra_env)
         paths = [extra.pop("PYTHONPATH", ""), str(_PKG_ROOT), str(_CONTRACT_ROOT), env.get("PYTHONPATH", "")]
@@ -198,9 +212,12 @@ class LocalJob:
         store_log = open(self.workdir / "rdzv-store.log", "w")  # noqa: SIM115 - lives with the process
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([str(_PKG_ROOT), str(_CONTRACT_ROOT), env.get("PYTHONPATH", "")])).rstrip(os.pathsep)
+        env.update(self.mark)
+        # Own sessions: a terminal's Ctrl-C reaches only the launcher, which stops the job in order.
         self.store = subprocess.Popen(
             [self.python, "-m", "kubetrain.rdzv_store", "--port", str(self.rdzv_port)],
             stdout=store_log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            preexec_fn=die_with(os.getpid()),
         )
         deadline = time.monotonic() + 120
         while not _port_open(self.rdzv_port):
@@ -235,7 +252,7 @@ class LocalJob:
         log_fh = open(log_path, "w")  # noqa: SIM115 - lives with the process
         proc = subprocess.Popen(
             argv, stdout=log_fh, stderr=subprocess.STDOUT, env=self._env(index, metrics_port, termination, error_file),
-            cwd=str(self.workdir), start_new_session=True,
+            cwd=str(self.workdir), start_new_session=True, preexec_fn=die_with(os.getpid()),
         )
         self.agents.append(Agent(index, proc, metrics_port, log_path, termination, error_file))
         return index
@@ -248,7 +265,7 @@ class LocalJob:
         if agent.process.poll() is not None:
             return
         if sig == signal.SIGKILL:
-            victims = [pid, *_children(pid)]
+            victims = [pid, *descendants(pid)]
             for p in victims:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(p, signal.SIGKILL)
@@ -289,16 +306,21 @@ class LocalJob:
             return self.agents[index].log_path.read_text(errors="replace")
         return ""
 
-    def stop(self, grace: float = 60.0) -> None:
-        """SIGTERM running agents (they checkpoint and exit), SIGKILL what is left after ``grace``, stop the store."""
+    def stop(self, grace: float = STOP_GRACE_SECONDS, hurry=lambda: False) -> None:
+        """SIGTERM running agents (they checkpoint and exit), SIGKILL what is left after ``grace``, stop the store.
+
+        ``hurry()`` true (a second Ctrl-C) ends the grace early. Last, anything
+        still carrying this job's mark is killed: a worker whose agent was
+        SIGKILLed while it started can outlive it.
+        """
         for a in self.agents:
             if a.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(a.process.pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
+        while self.running() and time.monotonic() < deadline and not hurry():
+            time.sleep(0.1)
         for a in self.agents:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                a.process.wait(max(0.0, deadline - time.monotonic()))
             if a.returncode is None:
                 self.kill_agent(a.index, signal.SIGKILL)
                 with contextlib.suppress(subprocess.TimeoutExpired):
@@ -309,6 +331,15 @@ class LocalJob:
                 self.store.wait(15)
             if self.store.poll() is None:
                 self.store.kill()
+                self.store.wait(10)
+        for pid in marked(LAUNCH_MARK, self.rdzv_id):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+
+    def latest_checkpoint(self) -> tuple[int, Path] | None:
+        """The newest complete checkpoint of this job: (step, directory)."""
+        found = latest_checkpoint(self.contract.checkpoint_dir) if self.contract.checkpoint_dir else None
+        return (found[1].step, found[0]) if found else None
 
 
 # -- kubetrain run ------------------------------------------------------------------
@@ -363,7 +394,10 @@ def run_local(
 
     Checkpoints go to ``contract.checkpoint_dir`` or, if empty, ``<workdir>/checkpoints``.
     ``extra_env`` is added to every agent's environment (e.g. a PYTHONPATH for user code).
-    Ctrl-C stops the job gracefully (a checkpoint is written first).
+    SIGTERM, SIGINT (Ctrl-C) or SIGHUP stops the job as a pod deletion does: the
+    trainers write a checkpoint, whatever is left after :data:`STOP_GRACE_SECONDS`
+    is killed, and the result's code is 128 + the signal's number (130 for Ctrl-C,
+    143 for SIGTERM, 129 for SIGHUP). A second signal kills at once.
     """
     out = out or sys.stdout
     workdir = Path(workdir or tempfile.mkdtemp(prefix=f"kubetrain-{contract.job_name}-"))
@@ -375,53 +409,68 @@ def run_local(
     first_loss = None
     last_printed_decile = -1
     st = None
-    interrupted = False
-    print(f"kubetrain: running {contract.job_name!r} locally: {replicas} replica(s) × {nproc_per_node} process(es), "
-          f"workdir {workdir}", file=out, flush=True)
+    stop = StopFlag(RUN_STOP_SIGNALS)
+    # Signal handlers can only be set from the main thread; elsewhere the caller owns the signals.
+    handling = stop.installed() if threading.current_thread() is threading.main_thread() else contextlib.nullcontext(stop)
+    _say(out, f"kubetrain: running {contract.job_name!r} locally: {replicas} replica(s) × {nproc_per_node} process(es), "
+              f"workdir {workdir}")
     started = time.monotonic()
-    try:
-        job.start()
-        while job.running():
-            if timeout is not None and time.monotonic() - started > timeout:
-                print("\nkubetrain: timeout; stopping the job", file=out, flush=True)
-                break
-            time.sleep(0.5)
-            st = job.status() or st
-            if st is None or not progress:
-                continue
-            if first_loss is None and st.get("first_loss") is not None:
-                first_loss = st["first_loss"]
-            line = progress_line(st)
-            if tty:
-                print("\r" + line + " " * 4, end="", file=out, flush=True)
-            else:
-                decile = int(10 * st["step"] / max(st["max_steps"], 1))
-                if decile != last_printed_decile:
-                    last_printed_decile = decile
-                    print(line, file=out, flush=True)
-    except KeyboardInterrupt:
-        interrupted = True
-        print("\nkubetrain: interrupted; asking the trainers to checkpoint and stop", file=out, flush=True)
-    finally:
-        job.stop()
+    with handling:
+        try:
+            job.start()
+            while job.running() and not stop.requested:
+                if timeout is not None and time.monotonic() - started > timeout:
+                    _say(out, "\nkubetrain: timeout; stopping the job")
+                    break
+                time.sleep(0.5)
+                st = job.status() or st
+                if st is None or not progress:
+                    continue
+                if first_loss is None and st.get("first_loss") is not None:
+                    first_loss = st["first_loss"]
+                line = progress_line(st)
+                if tty:
+                    _say(out, "\r" + line + " " * 4, end="")
+                else:
+                    decile = int(10 * st["step"] / max(st["max_steps"], 1))
+                    if decile != last_printed_decile:
+                        last_printed_decile = decile
+                        _say(out, line)
+            if stop.requested:
+                _say(out, f"\nkubetrain: {signal.Signals(stop.signum).name}: asking the trainers to checkpoint and stop "
+                          f"(up to {STOP_GRACE_SECONDS}s; signal again to stop at once)")
+        finally:
+            # Also on an exception of our own: the job never outlives this call.
+            job.stop(hurry=lambda: stop.count > 1)
     st = job.status() or st
     if st and first_loss is None:
         first_loss = st.get("first_loss")
     if tty and progress:
-        print(file=out)
+        _say(out)
     codes = job.poll()
     messages = job.termination_messages()
     completed = bool(st and st["step"] >= st["max_steps"] and any(c == 0 for c in codes.values()))
-    rc = 0 if completed else (130 if interrupted else next((c for c in codes.values() if c), 1))
+    if completed:
+        rc = 0
+    elif stop.requested:
+        rc = stop.exit_code
+    else:
+        rc = next((c for c in codes.values() if c), 1)
     urls = [f"http://127.0.0.1:{a.metrics_port}/metrics" for a in job.agents] if contract.metrics_enabled else []
-    summary = _summary(contract, job, st, first_loss, completed, rc, codes, messages, urls, time.monotonic() - started)
-    print(summary, file=out, flush=True)
+    summary = _summary(contract, job, st, first_loss, completed, rc, codes, messages, urls, time.monotonic() - started, stop)
+    _say(out, summary)
     return LocalRunResult(rc, workdir, st, first_loss, codes, messages, urls, summary)
 
 
-def _summary(contract, job, st, first_loss, completed, rc, codes, messages, urls, elapsed) -> str:
-    lines = [f"kubetrain: job {contract.job_name!r} {'completed' if completed else 'did not complete'} "
-             f"(exit {rc}) in {_fmt_seconds(elapsed)}"]
+def _say(out: TextIO, *parts: str, end: str = "\n") -> None:
+    """Print, unless the terminal is gone (SIGHUP): the job must still be stopped in order."""
+    with contextlib.suppress(OSError, ValueError):
+        print(*parts, end=end, file=out, flush=True)
+
+
+def _summary(contract, job, st, first_loss, completed, rc, codes, messages, urls, elapsed, stop) -> str:
+    ended = "completed" if completed else (f"stopped by {signal.Signals(stop.signum).name}" if stop.requested else "did not complete")
+    lines = [f"kubetrain: job {contract.job_name!r} {ended} (exit {rc}) in {_fmt_seconds(elapsed)}"]
     if st:
         lines.append(f"  steps       {st.get('start_step', 0)} -> {st['step']} of {st['max_steps']} (world size {st['world_size']})")
         if first_loss is not None:
@@ -430,10 +479,13 @@ def _summary(contract, job, st, first_loss, completed, rc, codes, messages, urls
         if st.get("mfu") is not None:
             lines.append(f"  MFU         {st['mfu']:.1%}")
         lines.append(f"  goodput     {st.get('goodput', 0):.1%}")
-        if st.get("checkpoint_step") is not None:
-            lines.append(f"  checkpoint  step {st['checkpoint_step']} in {contract.checkpoint_dir}")
     else:
         lines.append("  no step finished")
+    saved = job.latest_checkpoint()  # what is on disk, not the last status: the stop's own save comes after it
+    if saved:
+        lines.append(f"  checkpoint  step {saved[0]} in {saved[1]}")
+        if not completed:
+            lines.append(f"  resume      run it again with the same workdir ({job.workdir}): it continues from step {saved[0]}")
     lines.append(f"  precision {contract.precision}, strategy {contract.strategy}, compression {contract.compression}")
     if urls:
         lines.append("  metrics     served while running at " + ", ".join(urls))
@@ -449,4 +501,4 @@ def read_json(path: str | os.PathLike) -> list[dict]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
-__all__ = ["LocalJob", "LocalRunResult", "run_local", "build_torchrun_args", "LOCAL_TIMEOUTS", "free_port"]
+__all__ = ["LocalJob", "LocalRunResult", "run_local", "build_torchrun_args", "LOCAL_TIMEOUTS", "STOP_GRACE_SECONDS", "free_port"]
