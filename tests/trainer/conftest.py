@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 for sub in ("operator", "trainer-image"):
@@ -24,8 +25,16 @@ for sub in ("operator", "trainer-image"):
         sys.path.insert(0, p)
 
 from kubetrain.contract import TrainerContract  # noqa: E402
+from support.process_leaks import no_leaked_processes  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_processes(monkeypatch):
+    """Every trainer test starts real processes: a test that leaves one running fails (see support.process_leaks)."""
+    with no_leaked_processes(monkeypatch) as mark:
+        yield mark
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -67,6 +76,25 @@ def tiny_contract(tmp_path: Path, **changes) -> TrainerContract:
         process_group_timeout_seconds=60,
     )
     return base.replace(**changes)
+
+
+def tiny_manifest(tmp_path: Path, **spec_changes) -> str:
+    """examples/minimal.yaml, shrunk to finish in seconds on a 2-core CPU (the tiny GPT of tiny_contract)."""
+    doc = yaml.safe_load((REPO / "examples" / "minimal.yaml").read_text())
+    doc["spec"]["trainer"].update(
+        maxSteps=100, batchSize=4, sequenceLength=32, learningRate=3e-3,
+        args={"layers": "2", "d_model": "64", "heads": "2", "corpus_chars": "20000"},
+    )
+    doc["spec"]["metrics"] = {"port": free_port_block()}  # the agents use port and port + 1
+    doc["spec"].update(spec_changes)
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return str(path)
+
+
+def kubetrain_cli(*args: str) -> list[str]:
+    """The argv of ``kubetrain ARGS...`` in this interpreter."""
+    return [sys.executable, "-m", "kubetrain.cli", *args]
 
 
 def free_port_block(n: int = 4) -> int:

@@ -4,34 +4,15 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 import time
 import urllib.request
 
 import pytest
 import yaml
 
-from conftest import REPO, child_env, free_port_block
+from conftest import child_env, kubetrain_cli, tiny_manifest
 
 pytestmark = pytest.mark.torchrun
-
-
-def _manifest(tmp_path, **spec_changes) -> str:
-    """examples/minimal.yaml, shrunk to finish in seconds on a 2-core CPU (the tiny GPT of tiny_contract)."""
-    doc = yaml.safe_load((REPO / "examples" / "minimal.yaml").read_text())
-    doc["spec"]["trainer"].update(
-        maxSteps=100, batchSize=4, sequenceLength=32, learningRate=3e-3,
-        args={"layers": "2", "d_model": "64", "heads": "2", "corpus_chars": "20000"},
-    )
-    doc["spec"]["metrics"] = {"port": free_port_block()}  # the agents use port and port + 1
-    doc["spec"].update(spec_changes)
-    path = tmp_path / "job.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return str(path)
-
-
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "kubetrain.cli", *args]
 
 
 def _scrape(url: str) -> str | None:
@@ -43,11 +24,11 @@ def _scrape(url: str) -> str | None:
 
 
 def test_kubetrain_run_trains_a_manifest_and_summarises(tmp_path):
-    manifest = _manifest(tmp_path)
+    manifest = tiny_manifest(tmp_path)
     port = yaml.safe_load(open(manifest))["spec"]["metrics"]["port"]
     out_path = tmp_path / "stdout.txt"
     with open(out_path, "w") as out:
-        proc = subprocess.Popen(_cli("run", manifest, "--workdir", str(tmp_path / "work")), env=child_env(),
+        proc = subprocess.Popen(kubetrain_cli("run", manifest, "--workdir", str(tmp_path / "work")), env=child_env(),
                                 stdout=out, stderr=subprocess.STDOUT, text=True)
         # The summary only prints URLs; check one really served the trainer's metrics while the job ran.
         scraped, deadline = None, time.monotonic() + 240
@@ -78,9 +59,9 @@ def test_kubetrain_run_trains_a_manifest_and_summarises(tmp_path):
     ],
 )
 def test_kubetrain_run_refuses_an_invalid_manifest_before_training(tmp_path, change, field):
-    manifest = _manifest(tmp_path, **change)
+    manifest = tiny_manifest(tmp_path, **change)
     work = tmp_path / "work"
-    proc = subprocess.run(_cli("run", manifest, "--workdir", str(work)), env=child_env(),
+    proc = subprocess.run(kubetrain_cli("run", manifest, "--workdir", str(work)), env=child_env(),
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert field in proc.stderr, proc.stderr
