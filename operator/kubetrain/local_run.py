@@ -26,6 +26,17 @@ def local_processes(job: TrainingJob) -> int:
     return 1
 
 
+def cpu_precision_warning(precision: str) -> str | None:
+    """Whether to warn that this machine's CPU emulates ``precision`` (never with a GPU: the job runs there)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return None
+    from kubetrain_trainer.cpu_precision import emulation_warning
+
+    return emulation_warning(precision)
+
+
 def run_locally(job: TrainingJob, *, replicas: int | None = None, max_steps: int | None = None,
                 workdir: str | None = None) -> int:
     if job.spec.container.command:
@@ -40,7 +51,10 @@ def run_locally(job: TrainingJob, *, replicas: int | None = None, max_steps: int
         contract = contract.replace(max_steps=max_steps)
     n = replicas or min(job.spec.replicas.max, LOCAL_REPLICAS)
     print(f"kubetrain run: {job.metadata.name}: {n} local replicas x {local_processes(job)} processes, "
-          f"precision {contract.precision}, {contract.strategy}, compression {contract.compression}; workdir {work}")
+          f"precision {contract.precision}, {contract.strategy}, compression {contract.compression}; workdir {work}", flush=True)
+    warning = cpu_precision_warning(contract.precision)
+    if warning:  # up front: the slowdown would otherwise show only in the ETA, minutes in
+        print(warning, file=sys.stderr, flush=True)
     result = run_local(
         contract,
         replicas=n,

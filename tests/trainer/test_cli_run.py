@@ -41,6 +41,7 @@ def test_kubetrain_run_trains_a_manifest_and_summarises(tmp_path):
     text = out_path.read_text()
     assert rc == 0, text + (tmp_path / "work" / "agent-0.log").read_text()[-3000:]
     assert "kubetrain: job 'gpt-tiny' completed (exit 0)" in text, text
+    assert "emulate" not in text, text  # fp32: no precision warning
     assert re.search(r"steps\s+0 -> 100 of 100", text), text
     first, last = map(float, re.search(r"loss\s+([\d.]+) -> ([\d.]+)", text).groups())
     assert last < 0.7 * first, text  # about 5.5 -> 2 here
