@@ -34,12 +34,20 @@ PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 LAUNCH_MARK = "KUBETRAIN_LOCAL_JOB"
 
 
-def set_parent_death_signal(sig: int = signal.SIGKILL) -> bool:
-    """Ask the kernel to send ``sig`` to this process when its parent dies. False where it cannot (not Linux)."""
+def _prctl() -> Callable[..., int] | None:
+    """libc's prctl, or None off Linux. Resolved before any fork: loading a library in
+    a child forked from a threaded parent can deadlock on the loader's lock."""
     if not sys.platform.startswith("linux"):
+        return None
+    return ctypes.CDLL(None, use_errno=True).prctl
+
+
+def set_parent_death_signal(sig: int = signal.SIGKILL, prctl: Callable[..., int] | None = None) -> bool:
+    """Ask the kernel to send ``sig`` to this process when its parent dies. False where it cannot (not Linux)."""
+    prctl = prctl or _prctl()
+    if prctl is None:
         return False
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
+    if prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
     return True
 
@@ -50,9 +58,10 @@ def die_with(parent: int, sig: int = signal.SIGKILL) -> Callable[[], None]:
     Runs in the forked child before exec; if the parent is already gone
     (re-parented), the child ends itself at once rather than run orphaned.
     """
+    prctl = _prctl()
 
     def preexec() -> None:
-        if set_parent_death_signal(sig) and os.getppid() != parent:
+        if prctl is not None and set_parent_death_signal(sig, prctl) and os.getppid() != parent:
             os.kill(os.getpid(), sig)
 
     return preexec
