@@ -58,6 +58,11 @@ COMPONENTS = {
     "kwok": Component("kwok", versions.KWOK, ("kwok",)),
     "helm": Component("helm", versions.HELM, ("helm",)),
     "kubeconform": Component("kubeconform", versions.KUBECONFORM, ("kubeconform",)),
+    # The real node (real_node.py). Its own component, not more KUBE_COMMANDS: a machine whose
+    # control plane is already cached builds only these two.
+    "kubernetes-node": Component("kubernetes-node", versions.KUBERNETES, ("kubelet", "kube-proxy")),
+    "coredns": Component("coredns", versions.COREDNS, ("coredns",)),
+    "pause": Component("pause", versions.PAUSE, ("pause",)),
     "training-operator": Component("training-operator", versions.TRAINING_OPERATOR, ("training-operator.v1",), default=False),
 }
 
@@ -119,8 +124,9 @@ def wrapper_gomod(module: str, version: str, upstream_gomod: str, sibling_versio
     return "\n".join(lines) + "\n"
 
 
-def _build_wrapped(comp: Component, module: str, packages: dict[str, str], sibling_version, ldflags: str) -> None:
-    work = cache_root() / "build" / f"{comp.name}-{comp.version}"
+def _build_wrapped(comp: Component, module: str, packages: dict[str, str], sibling_version, ldflags: str,
+                   work_name: str | None = None) -> None:
+    work = cache_root() / "build" / (work_name or f"{comp.name}-{comp.version}")
     work.mkdir(parents=True, exist_ok=True)
     upstream = _module_gomod(module, comp.version, work)
     (work / "go.mod").write_text(wrapper_gomod(module, comp.version, upstream, sibling_version))
@@ -148,6 +154,8 @@ def build_kubernetes(comp: Component) -> None:
         {cmd: f"k8s.io/kubernetes/cmd/{cmd}" for cmd in comp.binaries},
         lambda sibling: staging_tag,
         _version_ldflags(comp.version),
+        # kubelet and kube-proxy share the control plane's wrapper module (and so its Go build cache).
+        work_name=f"kubernetes-{comp.version}",
     )
 
 
@@ -202,8 +210,49 @@ def copy_training_operator_crds(comp: Component) -> Path:
     return out
 
 
+NODE_SOURCES = Path(__file__).parent / "node"
+
+# CoreDNS's plugins in the order of its plugin.cfg (the order they handle a query). No `forward`:
+# a name outside the cluster gets no answer instead of a query off this machine.
+COREDNS_PLUGINS = ("reload", "bind", "ready", "health", "errors", "log", "loadbalance", "cache", "hosts",
+                   "kubernetes", "loop")
+
+
+def coredns_main() -> str:
+    """CoreDNS's main with only ``COREDNS_PLUGINS`` compiled in (upstream's main imports ~60)."""
+    imports = "\n".join(f'\t_ "github.com/coredns/coredns/plugin/{p}"' for p in COREDNS_PLUGINS)
+    directives = ", ".join(f'"{p}"' for p in COREDNS_PLUGINS)
+    return (NODE_SOURCES / "coredns_main.go.tmpl").read_text().replace("$IMPORTS", imports).replace(
+        "$DIRECTIVES", directives)
+
+
+def _build_own_module(comp: Component, module: str, main_go: str, requires: tuple[str, ...] = ()) -> None:
+    """``go build`` a one-file main module in the build dir (``go mod tidy`` resolves ``requires``)."""
+    work = cache_root() / "build" / f"{comp.name}-{comp.version}"
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "main.go").write_text(main_go)
+    (work / "go.mod").write_text(f"module {module}\n\ngo 1.24\n")
+    for req in requires:
+        _go(["get", req], work)
+    _go(["mod", "tidy"], work)
+    comp.bin_dir.mkdir(parents=True, exist_ok=True)
+    _go(["build", "-trimpath", "-ldflags", "-s -w", "-o", str(comp.bin_dir / comp.binaries[0]), "."], work)
+
+
+def build_coredns(comp: Component) -> None:
+    _build_own_module(comp, "kubetrain.dev/devcluster/coredns", coredns_main(),
+                      (f"github.com/coredns/coredns@{comp.version}",))
+
+
+def build_pause(comp: Component) -> None:
+    _build_own_module(comp, "kubetrain.dev/devcluster/pause", (NODE_SOURCES / "pause.go").read_text())
+
+
 BUILDERS = {
     "kubernetes": build_kubernetes,
+    "kubernetes-node": build_kubernetes,
+    "coredns": build_coredns,
+    "pause": build_pause,
     "etcd": build_etcd,
     "kwok": lambda c: _go_install(c, "sigs.k8s.io/kwok/cmd/kwok"),
     "helm": build_helm,

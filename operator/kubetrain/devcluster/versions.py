@@ -5,6 +5,12 @@ ETCD = "v3.6.16"
 KWOK = "v0.8.0"
 HELM = "v3.21.4"
 KUBECONFORM = "v0.7.0"
+# The real node (devcluster/real_node.py): kubelet and kube-proxy are KUBERNETES.
+COREDNS = "v1.15.0"
+# Tag of our own sandbox ("pause") image, built from devcluster/node/pause.go: no registry to pull one from.
+PAUSE = "3.10"
+# The local base image of `make images`: debootstrapped Debian with python3.
+DEBIAN_SUITE = "bookworm"
 # Kubeflow's PyTorchJob operator, the baseline of the control-plane benchmark
 # (bench/control_plane.py). Not part of the cluster: built only when named.
 TRAINING_OPERATOR = "v1.9.3"
