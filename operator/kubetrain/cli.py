@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from kubetrain.api.manifests import ManifestError, load_trainingjobs
+from kubetrain.api.models import TrainingJob
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
@@ -33,12 +34,39 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def pod_only_settings(job: TrainingJob) -> list[str]:
+    """What of ``job`` only a pod can carry out: `kubetrain run` says so instead of ignoring it.
+
+    Local processes run as you, with your files and your network: there are no volumes to mount,
+    no images to pull, no ServiceAccount, securityContext or pod metadata.
+    """
+    pod, c = job.spec.pod, job.spec.container
+    out = []
+    if pod.volumes:
+        out.append("spec.pod.volumes (" + ", ".join(f"{v.name}: {v.source()}" for v in pod.volumes)
+                   + "): nothing is mounted; paths the job reads must exist on this host")
+    if c.volume_mounts:
+        out.append("spec.container.volumeMounts (" + ", ".join(m.mount_path for m in c.volume_mounts) + ")")
+    if pod.init_containers:
+        out.append("spec.pod.initContainers (" + ", ".join(x.name for x in pod.init_containers)
+                   + "): init containers and sidecars do not run")
+    if pod.image_pull_secrets or c.image:
+        out.append("spec.container.image and spec.pod.imagePullSecrets: this host's Python environment runs the job")
+    named = [("spec.pod.serviceAccountName", pod.service_account_name),
+             ("spec.pod.securityContext", pod.security_context), ("spec.container.securityContext", c.security_context),
+             ("spec.pod.metadata", pod.metadata), ("spec.pod.shmSize", pod.shm_size)]
+    out += [f"{path}: the processes run as you, on this host" for path, value in named if value is not None]
+    return out
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     try:
         job = load_trainingjobs(args.manifest)[0]
     except ManifestError as exc:
         print(exc, file=sys.stderr)
         return 2
+    for line in pod_only_settings(job):
+        print(f"kubetrain run: not applied on this host: {line}", file=sys.stderr)
     # Imported late: the local runner needs the trainer extra (torch).
     from kubetrain.local_run import run_locally
 

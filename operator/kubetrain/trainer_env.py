@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from kubetrain.api.models import TrainingJob
+from kubetrain.api.pod import OPERATOR_VOLUMES
 from kubetrain.contract import TrainerContract
 
 # Where the operator mounts the checkpoint volume in every worker pod.
-CHECKPOINT_MOUNT = "/checkpoints"
+CHECKPOINT_MOUNT = OPERATOR_VOLUMES["checkpoints"]
 
 
 def checkpoint_subdir(job: TrainingJob) -> str:

@@ -14,7 +14,14 @@ _VARIANTS = yaml.safe_load((REPO / "tests" / "data" / "invalid-variants.yaml").r
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
-    return yaml.safe_load(path.read_text())
+    """The TrainingJob of an example; an example may carry what it needs (a ConfigMap) before it."""
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    return next(d for d in docs if d.get("kind") == "TrainingJob")
+
+
+def load_all(path: Path) -> list[dict[str, Any]]:
+    """Every object of an example, in order."""
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
 
 
 def merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
@@ -28,6 +35,12 @@ def merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = copy.deepcopy(value)
     return out
+
+
+def refusal_status(name: str) -> int:
+    """The HTTP status the apiserver refuses a variant with: 422 (schema, CEL), or 400 for a field
+    that does not exist in the API (strict field validation)."""
+    return next(v.get("status", 422) for v in _VARIANTS if v["name"] == name)
 
 
 def invalid_variants() -> list[tuple[str, dict[str, Any], str]]:

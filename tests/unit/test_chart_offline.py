@@ -42,7 +42,10 @@ IN_NAMESPACE = expand(
     ("kubetrain.dev", "trainingjobs/status", "patch"),
     ("", "pods", "get list watch create delete patch"),
     ("", "services", "get create"),
+    # What the pods refer to, looked up before they are created (never Secrets).
     ("", "persistentvolumeclaims", "get"),
+    ("", "configmaps", "get"),
+    ("", "serviceaccounts", "get"),
     ("", "events", "create"),
 )
 CLUSTER_READS = expand(("", "nodes", "list watch"), ("apiextensions.k8s.io", "customresourcedefinitions", "list watch"))
@@ -179,7 +182,9 @@ def test_no_wildcards_secrets_or_escalation_anywhere(values):
     for role in find(render(values), "ClusterRole") + find(render(values), "Role"):
         for group, resource, verb in rules(role):
             assert "*" not in (group, resource, verb)
-            assert resource not in ("secrets", "configmaps", "roles", "clusterroles", "rolebindings", "clusterrolebindings")
+            assert resource not in ("secrets", "roles", "clusterroles", "rolebindings", "clusterrolebindings")
+            # ConfigMaps and ServiceAccounts are only looked up by name (a job's pods refer to them).
+            assert resource not in ("configmaps", "serviceaccounts") or verb == "get"
             assert verb not in ("escalate", "bind", "impersonate", "deletecollection")
 
 

@@ -67,10 +67,11 @@ def test_worker_pod_carries_placement_identity_and_security():
     assert c["terminationMessagePath"] == "/dev/termination-log"
     sc = c["securityContext"]
     assert sc["runAsNonRoot"] and sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"]
-    assert sc["capabilities"] == {"drop": ["ALL"]} and sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    # full.yaml adds IPC_LOCK (RDMA); dropping ALL stays.
+    assert sc["capabilities"] == {"drop": ["ALL"], "add": ["IPC_LOCK"]} and sc["seccompProfile"] == {"type": "RuntimeDefault"}
     assert spec["automountServiceAccountToken"] is False
     claims = [v["persistentVolumeClaim"]["claimName"] for v in spec["volumes"] if "persistentVolumeClaim" in v]
-    assert claims == ["training-checkpoints"]
+    assert claims == ["training-checkpoints", "text-corpus"]
     assert {"name": "checkpoints", "mountPath": "/checkpoints"} in c["volumeMounts"]
     assert c["image"] == "ghcr.io/kubetrain/trainer:0.1.0"
 
@@ -78,7 +79,7 @@ def test_worker_pod_carries_placement_identity_and_security():
 def test_plain_script_and_default_image():
     pod = builders.worker_pod(_job("plain-torchrun-script"), BODY, 0, 0, CFG)
     cmd = pod["spec"]["containers"][0]["command"]
-    assert cmd[cmd.index("--no-python") + 1:] == ["python", "/app/train.py", "--epochs", "3"]
+    assert cmd[cmd.index("--no-python") + 1:] == ["python", "/app/train.py", "--steps", "200"]
     assert "prometheus.io/scrape" not in pod["metadata"]["annotations"]
     minimal = builders.worker_pod(_job("minimal"), BODY, 0, 0, CFG)
     assert minimal["spec"]["containers"][0]["image"] == "example.com/trainer:1"

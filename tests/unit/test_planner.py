@@ -184,7 +184,7 @@ def test_partial_gang_below_min_is_released_after_a_while():
 
 def test_missing_pvc_and_impossible_fit_are_reported():
     job = _job(checkpoint={"persistentVolumeClaim": {"claimName": "nope"}})
-    p = plan(job, _body(), _obs([], missing_pvc="nope", placeable=4))
+    p = plan(job, _body(), _obs([], missing=(("PersistentVolumeClaim", "nope", "spec.checkpoint.persistentVolumeClaim.claimName"),), placeable=4))
     cond = next(c for c in p.status["conditions"] if c["type"] == "Schedulable")
     assert cond["reason"] == "CheckpointVolumeMissing" and "nope" in cond["message"] and p.create_workers == []
     p2 = plan(_job(), _body(), _obs([], fits_anywhere=False, placeable=0))

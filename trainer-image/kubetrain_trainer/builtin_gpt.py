@@ -8,6 +8,9 @@ a model that learns spelling and word order falls well below 2.
 Sizes come from ``spec.trainer.args`` (``KUBETRAIN_WORKLOAD_ARGS``):
 ``layers`` (4), ``d_model`` (128), ``heads`` (4), ``corpus_chars`` (400000).
 The defaults train visibly on a CPU in about a minute.
+
+``corpus_file`` trains on your own text instead: a UTF-8 file, typically on a
+volume the job mounts (``spec.pod.volumes``, ``spec.container.volumeMounts``).
 """
 
 from __future__ import annotations
@@ -183,11 +186,29 @@ def config_from(ctx: WorkloadContext) -> GPTConfig:
     return cfg
 
 
+def read_corpus(path: str, seq_len: int) -> bytes:
+    """The bytes of a corpus file; one that is missing, unreadable or shorter than a sample can never
+    train (ConfigError: the job fails at once instead of using its restarts)."""
+    from kubetrain_trainer.failure import ConfigError
+
+    try:
+        data = open(path, "rb").read()
+    except OSError as exc:
+        raise ConfigError(f"builtin:gpt: corpus_file {path!r} cannot be read ({exc.strerror}): "
+                          "is its volume in spec.pod.volumes and mounted by spec.container.volumeMounts?") from None
+    if len(data) <= seq_len:
+        raise ConfigError(f"builtin:gpt: corpus_file {path!r} has {len(data)} bytes, fewer than one sample "
+                          f"(sequenceLength {seq_len} + 1)")
+    return data
+
+
 def make_workload(ctx: WorkloadContext) -> Workload:
     cfg = config_from(ctx)
-    corpus_chars = int(ctx.args.get("corpus_chars", 400_000))
-    text = generate_corpus(corpus_chars)
-    tokens = torch.frombuffer(bytearray(text.encode("utf-8")), dtype=torch.uint8)
+    if "corpus_file" in ctx.args:
+        data = read_corpus(ctx.args["corpus_file"], cfg.seq_len)
+    else:
+        data = generate_corpus(int(ctx.args.get("corpus_chars", 400_000))).encode("utf-8")
+    tokens = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     dataset = TokenWindows(tokens, cfg.seq_len)
     probe = GPT(cfg)
     fpt = flops_per_token(probe.non_embedding_params(), cfg.n_layers, cfg.n_heads, cfg.head_dim, cfg.seq_len)

@@ -77,9 +77,11 @@ Each rule names the code that needs it.
 - apiGroups: [""]
   resources: [services]
   verbs: [get, create]
-# A checkpoint claim that does not exist is reported (CheckpointVolumeMissing), not waited on forever.
+# What the pods refer to (checkpoint and data claims, ConfigMaps, the job's ServiceAccount): one that
+# does not exist is reported (CheckpointVolumeMissing, ReferencedObjectMissing), not waited on forever.
+# Never secrets: the operator does not read them.
 - apiGroups: [""]
-  resources: [persistentvolumeclaims]
+  resources: [persistentvolumeclaims, configmaps, serviceaccounts]
   verbs: [get]
 # Kopf's and the planner's Events (Starting, Scaling, NodeLost, ...): Kopf only posts them.
 - apiGroups: [""]

@@ -28,6 +28,7 @@ IMMUTABLE_WHILE_ACTIVE = {
     "compression": "spec.compression",
     "checkpoint": "spec.checkpoint",
     "container": "spec.container",
+    "pod": "spec.pod",
 }
 ACTIVE_PHASES = ("Running", "Restarting", "Scaling")
 

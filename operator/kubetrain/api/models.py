@@ -12,9 +12,23 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from kubetrain.api.base import ApiModel, Rule
+from kubetrain.api.pod import (
+    OPERATOR_CONTAINERS,
+    OPERATOR_VOLUMES,
+    ContainerPort,
+    ContainerSecurityContext,
+    DnsLabel,
+    ImageReference,
+    LocalObjectReference,
+    ObjectName,
+    PodMetadata,
+    PodSecurityContext,
+    Volume,
+    VolumeMount,
+)
 
 GROUP = "kubetrain.dev"
 VERSION = "v1alpha1"
@@ -46,33 +60,92 @@ Quantity = Annotated[int | str, Field(description="A Kubernetes quantity, e.g. 5
 ResourceMap = Annotated[dict[str, Quantity], Field(max_length=16)]
 
 
+def _require_unique(items: list[Any] | None, key: str, path: str) -> None:
+    """Twin of the CRD's list-type map: the apiserver refuses two entries with the same key."""
+    seen: set[Any] = set()
+    for item in items or ():
+        value = getattr(item, key)
+        if value in seen:
+            raise ValueError(f"{path}: duplicate entry {value!r}")
+        seen.add(value)
+
+
 def _all_quantities(resources: dict[str, Any] | None) -> bool:
     return all(isinstance(v, int) or _QUANTITY.match(v) for v in (resources or {}).values())
 
 
-class ResourceRequirements(ApiModel):
-    """CPU, memory and other resources for each replica's trainer container."""
+# Resources the scheduler may overcommit; any other (GPUs, RDMA devices, hugepages) needs
+# its request equal to its limit, or the apiserver refuses the pod.
+_OVERCOMMITTABLE = ("cpu", "memory", "ephemeral-storage")
 
-    requests: ResourceMap | None = Field(
-        None, description="Minimum resources per replica, e.g. {cpu: 8, memory: 64Gi}. GPUs go in gpusPerReplica."
-    )
-    limits: ResourceMap | None = Field(None, description="Maximum resources per replica, e.g. {memory: 80Gi}.")
 
-    cel_rules = (
+def _not_overcommitted(s: "ResourceRequirements") -> bool:
+    limits = s.limits or {}
+    return all(k in _OVERCOMMITTABLE or (k in limits and str(v) == str(limits[k])) for k, v in (s.requests or {}).items())
+
+
+def _resource_rules(path: str) -> tuple[Rule, ...]:
+    """The rules of a container's resources; ``path`` names the field in their messages."""
+    return (
         Rule(
             "!has(self.requests) || self.requests.all(k, type(self.requests[k]) == int || isQuantity(self.requests[k]))",
-            "spec.container.resources.requests: every value must be a Kubernetes quantity (e.g. 8, 500m, 64Gi)",
+            f"{path}.requests: every value must be a Kubernetes quantity (e.g. 8, 500m, 64Gi)",
             lambda s: _all_quantities(s.requests),
         ),
         Rule(
             "!has(self.limits) || self.limits.all(k, type(self.limits[k]) == int || isQuantity(self.limits[k]))",
-            "spec.container.resources.limits: every value must be a Kubernetes quantity (e.g. 8, 500m, 64Gi)",
+            f"{path}.limits: every value must be a Kubernetes quantity (e.g. 8, 500m, 64Gi)",
             lambda s: _all_quantities(s.limits),
         ),
         Rule(
             "(!has(self.requests) || !('nvidia.com/gpu' in self.requests)) && (!has(self.limits) || !('nvidia.com/gpu' in self.limits))",
-            "spec.container.resources must not set nvidia.com/gpu: use spec.container.gpusPerReplica",
+            f"{path} must not set nvidia.com/gpu: use spec.container.gpusPerReplica",
             lambda s: "nvidia.com/gpu" not in (s.requests or {}) and "nvidia.com/gpu" not in (s.limits or {}),
+        ),
+        Rule(
+            "!has(self.requests) || self.requests.all(k, k in " + str(list(_OVERCOMMITTABLE)).replace('"', "'")
+            + " || (has(self.limits) && k in self.limits && string(self.requests[k]) == string(self.limits[k])))",
+            f"{path}.requests: a device or hugepages resource (e.g. rdma/hca, hugepages-2Mi) needs the same value "
+            "in limits: it cannot be overcommitted",
+            _not_overcommitted,
+        ),
+    )
+
+
+class ResourceRequirements(ApiModel):
+    """CPU, memory and other resources (RDMA devices, hugepages) for each replica's trainer container."""
+
+    requests: ResourceMap | None = Field(
+        None, description="Minimum resources per replica, e.g. {cpu: 8, memory: 64Gi}. GPUs go in gpusPerReplica."
+    )
+    limits: ResourceMap | None = Field(
+        None,
+        description="Maximum resources per replica, e.g. {memory: 80Gi, rdma/hca_shared_devices_a: 1, "
+        "hugepages-2Mi: 1Gi}. Devices and hugepages need requests equal to limits (or limits alone).",
+    )
+
+    cel_rules = _resource_rules("spec.container.resources")
+
+
+class SidecarResources(ResourceRequirements):
+    """CPU and memory for an init container or sidecar."""
+
+    cel_rules = _resource_rules("spec.pod.initContainers.resources")
+
+
+def _env_rules(path: str) -> tuple[Rule, ...]:
+    """The rules of a container's env; ``path`` names the field in their messages."""
+    return (
+        Rule(
+            "!(has(self.value) && has(self.valueFrom))",
+            f"{path}: set either value or valueFrom, not both",
+            lambda s: not (s.value is not None and s.value_from is not None),
+        ),
+        Rule(
+            f"!has(self.value) || !self.name.matches('{_SECRET_NAME_CEL}')",
+            f"{path}: a variable named like a secret (PASSWORD, TOKEN, API_KEY, ...) must use "
+            "valueFrom.secretKeyRef, not a literal value",
+            lambda s: s.value is None or not _SECRET_NAME.search(s.name),
         ),
     )
 
@@ -90,27 +163,24 @@ class EnvVar(ApiModel):
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
 
-    cel_rules = (
-        Rule(
-            "!(has(self.value) && has(self.valueFrom))",
-            "spec.container.env: set either value or valueFrom, not both",
-            lambda s: not (s.value is not None and s.value_from is not None),
-        ),
-        Rule(
-            f"!has(self.value) || !self.name.matches('{_SECRET_NAME_CEL}')",
-            "spec.container.env: a variable named like a secret (PASSWORD, TOKEN, API_KEY, ...) must use "
-            "valueFrom.secretKeyRef, not a literal value",
-            lambda s: s.value is None or not _SECRET_NAME.search(s.name),
-        ),
-    )
+    cel_rules = _env_rules("spec.container.env")
+
+
+class SidecarEnvVar(EnvVar):
+    """An environment variable for an init container or sidecar."""
+
+    cel_rules = _env_rules("spec.pod.initContainers.env")
+
+
+# Where the operator mounts its own volumes in the trainer container.
+_RESERVED_PATHS = list(OPERATOR_VOLUMES.values())
 
 
 class ContainerSpec(ApiModel):
     """The trainer container every worker pod runs under torchrun."""
 
-    image: str | None = Field(
+    image: ImageReference | None = Field(
         None,
-        max_length=512,
         description="Container image with torch and the trainer. Defaults to the operator's configured "
         "trainer image (the Helm value trainerImage), which runs the built-in trainer.",
     )
@@ -151,6 +221,18 @@ class ContainerSpec(ApiModel):
         description="Training processes per replica (torchrun --nproc-per-node). Defaults to "
         "gpusPerReplica, or 1 on CPU.",
     )
+    volume_mounts: list[VolumeMount] | None = Field(
+        None,
+        max_length=64,
+        description="Volumes from spec.pod.volumes to mount into the trainer container, e.g. a dataset at /data, "
+        "read-only. /tmp, /dev/shm and /checkpoints are the operator's.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["mountPath"]},
+    )
+    security_context: ContainerSecurityContext | None = Field(
+        None,
+        description="Merged field by field over the restricted defaults (non-root, no privilege escalation, "
+        "read-only root filesystem, capabilities dropped, seccomp RuntimeDefault).",
+    )
 
     cel_rules = (
         Rule(
@@ -160,10 +242,139 @@ class ContainerSpec(ApiModel):
             or s.gpus_per_replica == 0
             or s.processes_per_replica <= s.gpus_per_replica,
         ),
+        Rule(
+            "!has(self.volumeMounts) || !self.volumeMounts.exists(m, m.mountPath in "
+            + str(_RESERVED_PATHS).replace('"', "'") + ")",
+            "spec.container.volumeMounts.mountPath: " + ", ".join(_RESERVED_PATHS) + " are the operator's mounts; "
+            "choose another path",
+            lambda s: not any(m.mount_path in _RESERVED_PATHS for m in s.volume_mounts or ()),
+        ),
     )
 
     def nproc(self) -> int:
         return self.processes_per_replica or max(self.gpus_per_replica, 1)
+
+    @model_validator(mode="after")
+    def _unique_entries(self):
+        _require_unique(self.env, "name", "spec.container.env")
+        _require_unique(self.volume_mounts, "mount_path", "spec.container.volumeMounts.mountPath")
+        return self
+
+
+
+class ExtraContainer(ApiModel):
+    """An init container, or with restartPolicy Always a native sidecar that runs beside the trainer for the
+    whole pod. It gets the restricted security defaults, merged with its securityContext."""
+
+    name: DnsLabel = Field(..., description="Container name, unique in the pod; trainer and store are the operator's.")
+    image: ImageReference = Field(..., description="Container image.")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(None, description="When to pull the image.")
+    command: list[Annotated[str, Field(min_length=1, max_length=4096)]] | None = Field(
+        None, max_length=64, description="Entrypoint. Default: the image's."
+    )
+    args: list[Annotated[str, Field(max_length=4096)]] | None = Field(None, max_length=256, description="Arguments.")
+    working_dir: str | None = Field(None, max_length=4096, pattern=r"^/.*$", description="Working directory.")
+    env: list[SidecarEnvVar] | None = Field(
+        None,
+        max_length=128,
+        description="Environment variables; secrets through valueFrom.secretKeyRef.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    resources: SidecarResources | None = Field(None, description="CPU and memory for this container.")
+    volume_mounts: list[VolumeMount] | None = Field(
+        None,
+        max_length=64,
+        description="Volumes from spec.pod.volumes to mount.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["mountPath"]},
+    )
+    ports: list[ContainerPort] | None = Field(None, max_length=16, description="Ports a sidecar serves; not the metrics port.")
+    security_context: ContainerSecurityContext | None = Field(
+        None, description="Merged over the restricted defaults, as for the trainer container."
+    )
+    restart_policy: Literal["Always"] | None = Field(
+        None,
+        description="Always: a native sidecar (starts before the trainer, runs beside it, stops after it). "
+        "Unset: an init container that must finish before the trainer starts.",
+    )
+
+    cel_rules = (
+        Rule(
+            "!(self.name in " + str(list(OPERATOR_CONTAINERS)).replace('"', "'") + ")",
+            "spec.pod.initContainers.name: " + " and ".join(OPERATOR_CONTAINERS) + " are the operator's containers",
+            lambda s: s.name not in OPERATOR_CONTAINERS,
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _unique_entries(self):
+        _require_unique(self.env, "name", "spec.pod.initContainers.env")
+        _require_unique(self.volume_mounts, "mount_path", "spec.pod.initContainers.volumeMounts.mountPath")
+        return self
+
+
+class PodTemplate(ApiModel):
+    """What the job adds to its pods. Worker pods get all of it. The rendezvous store pod gets the metadata,
+    imagePullSecrets, serviceAccountName (its token stays unmounted) and securityContext, but none of the
+    volumes, mounts or init containers: it only serves the rendezvous."""
+
+    metadata: PodMetadata | None = Field(None, description="Labels and annotations for the worker and store pods.")
+    service_account_name: ObjectName | None = Field(
+        None,
+        description="ServiceAccount the pods run as: the identity that reads an object store (IRSA, Workload "
+        "Identity). Default: the namespace's default ServiceAccount.",
+    )
+    automount_service_account_token: bool | None = Field(
+        None,
+        description="Mount the ServiceAccount's API token into the worker pods. Default: false (the trainer does "
+        "not call the Kubernetes API). Cloud identities that use projected tokens of their own do not need it.",
+    )
+    image_pull_secrets: list[LocalObjectReference] | None = Field(
+        None,
+        max_length=16,
+        description="Secrets of type kubernetes.io/dockerconfigjson for pulling from a private registry.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    security_context: PodSecurityContext | None = Field(
+        None, description="Merged field by field over the defaults (runAsNonRoot, UID/GID/fsGroup 1000, seccomp RuntimeDefault)."
+    )
+    volumes: list[Volume] | None = Field(
+        None,
+        max_length=64,
+        description="Volumes for the worker pods: datasets (persistentVolumeClaim, nfs, csi), scripts and config "
+        "(configMap), credentials (secret, projected), scratch (emptyDir, ephemeral). Mount them with "
+        "spec.container.volumeMounts.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    init_containers: list[ExtraContainer] | None = Field(
+        None,
+        max_length=16,
+        description="Init containers (e.g. stage data to local disk) and native sidecars (restartPolicy: Always), "
+        "in order, for the worker pods.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    shm_size: Quantity | None = Field(
+        None,
+        description="Size limit of /dev/shm (a memory-backed volume that counts toward the pod's memory), e.g. 16Gi. "
+        "Default: no limit of its own.",
+    )
+
+    cel_rules = (
+        Rule(
+            "!has(self.shmSize) || type(self.shmSize) == int || isQuantity(self.shmSize)",
+            "spec.pod.shmSize must be a Kubernetes quantity (e.g. 16Gi)",
+            lambda s: _all_quantities({"shm": s.shm_size} if s.shm_size is not None else None),
+        ),
+    )
+
+    def volume_names(self) -> set[str]:
+        return {v.name for v in self.volumes or ()}
+
+    @model_validator(mode="after")
+    def _unique_entries(self):
+        _require_unique(self.volumes, "name", "spec.pod.volumes.name")
+        _require_unique(self.init_containers, "name", "spec.pod.initContainers.name")
+        _require_unique(self.image_pull_secrets, "name", "spec.pod.imagePullSecrets.name")
+        return self
 
 
 class ReplicaSpec(ApiModel):
@@ -379,8 +590,32 @@ class TrainingJobSpec(ApiModel):
     )
     scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec, description="Placement and queueing.")
     metrics: MetricsSpec = Field(default_factory=MetricsSpec, description="Trainer metrics endpoint.")
+    pod: PodTemplate = Field(
+        default_factory=PodTemplate,
+        description="What the job adds to its pods: volumes, ServiceAccount, pull secrets, security context, "
+        "init containers and sidecars, labels and annotations. The operator's own fields stay its own.",
+    )
 
     cel_rules = (
+        Rule(
+            "!has(self.container.volumeMounts) || self.container.volumeMounts.all(m, has(self.pod.volumes) && "
+            "self.pod.volumes.exists(v, v.name == m.name))",
+            "spec.container.volumeMounts.name must name a volume in spec.pod.volumes",
+            lambda s: all(m.name in s.pod.volume_names() for m in s.container.volume_mounts or ()),
+        ),
+        Rule(
+            "!has(self.pod.initContainers) || self.pod.initContainers.all(c, !has(c.volumeMounts) || "
+            "c.volumeMounts.all(m, has(self.pod.volumes) && self.pod.volumes.exists(v, v.name == m.name)))",
+            "spec.pod.initContainers.volumeMounts.name must name a volume in spec.pod.volumes",
+            lambda s: all(m.name in s.pod.volume_names() for c in s.pod.init_containers or () for m in c.volume_mounts or ()),
+        ),
+        Rule(
+            "!has(self.pod.initContainers) || self.pod.initContainers.all(c, !has(c.ports) || "
+            "c.ports.all(p, !self.metrics.enabled || p.containerPort != self.metrics.port))",
+            "spec.pod.initContainers.ports.containerPort must not be spec.metrics.port: the trainer serves its metrics there",
+            lambda s: not s.metrics.enabled
+            or all(p.container_port != s.metrics.port for c in s.pod.init_containers or () for p in c.ports or ()),
+        ),
         Rule(
             "self.strategy == 'ddp' || self.compression.type != 'powersgd'",
             "spec.compression.type powersgd needs spec.strategy ddp (FSDP compresses through its reduce dtype: use fp16 or bf16)",

@@ -8,6 +8,7 @@ from typing import Any
 
 from kubetrain import rdzv_store
 from kubetrain.api.models import API_VERSION, KIND, TrainingJob
+from kubetrain.api.pod import OPERATOR_VOLUMES
 from kubetrain.contract import TERMINATION_MESSAGE_PATH
 from kubetrain.operator import naming
 from kubetrain.torchrun import BUILTIN_TRAINER, ELASTIC_ENV, STORE_PORT, RendezvousTimeouts, torchrun_args
@@ -36,6 +37,91 @@ RESTRICTED_CONTAINER_SECURITY = {
     "seccompProfile": {"type": "RuntimeDefault"},
 }
 POD_SECURITY = {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000, "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def _merged(defaults: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` over ``defaults``, field by field, one level into nested objects
+    (capabilities: adding IPC_LOCK keeps drop ALL)."""
+    out = dict(defaults)
+    for key, value in override.items():
+        out[key] = {**out[key], **value} if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def pod_security(job: TrainingJob) -> dict[str, Any]:
+    """The pod securityContext: the restricted defaults with the job's own settings over them."""
+    user = job.spec.pod.security_context
+    return _merged(POD_SECURITY, user.to_k8s() if user else {})
+
+
+def container_security(job: TrainingJob, own: Any) -> dict[str, Any]:
+    """A container's securityContext: restricted defaults, the pod's runAsNonRoot choice, then the container's own.
+
+    A container-level default would otherwise veto a pod that explicitly allows root.
+    """
+    pod_sc = job.spec.pod.security_context
+    defaults = dict(RESTRICTED_CONTAINER_SECURITY)
+    if pod_sc is not None and pod_sc.run_as_non_root is not None:
+        defaults["runAsNonRoot"] = pod_sc.run_as_non_root
+    return _merged(defaults, own.to_k8s() if own is not None else {})
+
+
+def _pod_metadata(job: TrainingJob, labels: dict[str, str], annotations: dict[str, str]) -> dict[str, Any]:
+    """The job's labels and annotations under the operator's own, which win (theirs are reserved anyway)."""
+    meta = job.spec.pod.metadata
+    out: dict[str, Any] = {"labels": {**((meta and meta.labels) or {}), **labels}}
+    merged = {**((meta and meta.annotations) or {}), **annotations}
+    if merged:
+        out["annotations"] = merged
+    return out
+
+
+def _identity(job: TrainingJob) -> dict[str, Any]:
+    """Pull secrets and ServiceAccount: both the worker pods and the store pod need them to start."""
+    pod = job.spec.pod
+    out: dict[str, Any] = {}
+    if pod.image_pull_secrets:
+        out["imagePullSecrets"] = [s.to_k8s() for s in pod.image_pull_secrets]
+    if pod.service_account_name:
+        out["serviceAccountName"] = pod.service_account_name
+    return out
+
+
+def _quantities(resources: dict[str, Any]) -> dict[str, Any]:
+    # Quantities are strings on the wire (the API client refuses ints).
+    return {kind: {k: str(v) for k, v in values.items()} for kind, values in resources.items()}
+
+
+def _extra_container(job: TrainingJob, extra: Any) -> dict[str, Any]:
+    out = extra.to_k8s()
+    out["securityContext"] = container_security(job, extra.security_context)
+    if "resources" in out:
+        out["resources"] = _quantities(out["resources"])
+    return out
+
+
+def referenced_objects(job: TrainingJob) -> list[tuple[str, str, str]]:
+    """The objects the job's worker pods need before they can start, as (kind, name, field):
+    its ServiceAccount, the claims and ConfigMaps of its volumes (unless optional).
+
+    Secrets are left out on purpose: the operator never reads them (a missing pull secret
+    shows as ImagePullError, a missing Secret volume as a pod that waits in ContainerCreating).
+    """
+    pod = job.spec.pod
+    refs = []
+    if pod.service_account_name:
+        refs.append(("ServiceAccount", pod.service_account_name, "spec.pod.serviceAccountName"))
+    for v in pod.volumes or ():
+        if v.persistent_volume_claim:
+            refs.append(("PersistentVolumeClaim", v.persistent_volume_claim.claim_name,
+                         f"spec.pod.volumes[{v.name}].persistentVolumeClaim.claimName"))
+        if v.config_map and not v.config_map.optional:
+            refs.append(("ConfigMap", v.config_map.name, f"spec.pod.volumes[{v.name}].configMap.name"))
+    ckpt = job.spec.checkpoint
+    if ckpt and ckpt.persistent_volume_claim:
+        refs.append(("PersistentVolumeClaim", ckpt.persistent_volume_claim.claim_name,
+                     "spec.checkpoint.persistentVolumeClaim.claimName"))
+    return refs
 
 
 def owner_reference(job: dict[str, Any]) -> dict[str, Any]:
@@ -102,15 +188,19 @@ def store_service(job: TrainingJob, body: dict[str, Any]) -> dict[str, Any]:
 
 def store_pod(job: TrainingJob, body: dict[str, Any], cfg: BuildConfig) -> dict[str, Any]:
     """The rendezvous store: a TCPStore in its own small pod, so no worker loss can take it down."""
+    meta = _store_metadata(job, body)
+    meta.update(_pod_metadata(job, meta["labels"], {}))
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": _store_metadata(job, body),
+        "metadata": meta,
         "spec": {
             "restartPolicy": "Always",
             "enableServiceLinks": False,
+            # The job's ServiceAccount (a pull secret may be attached to it), but never its token.
+            **_identity(job),
             "automountServiceAccountToken": False,
-            "securityContext": POD_SECURITY,
+            "securityContext": pod_security(job),
             "terminationGracePeriodSeconds": 5,
             # Not the GPU nodeSelector/affinity: the store needs no GPU.
             **_placement(job, with_selectors=False),
@@ -142,7 +232,7 @@ def store_pod(job: TrainingJob, body: dict[str, Any], cfg: BuildConfig) -> dict[
                         "requests": {"cpu": cfg.store_cpu, "memory": cfg.store_memory},
                         "limits": {"memory": cfg.store_memory},
                     },
-                    "securityContext": RESTRICTED_CONTAINER_SECURITY,
+                    "securityContext": container_security(job, None),
                     "terminationMessagePath": TERMINATION_MESSAGE_PATH,
                     "terminationMessagePolicy": "FallbackToLogsOnError",
                 }
@@ -191,8 +281,7 @@ def worker_pod(job: TrainingJob, body: dict[str, Any], slot: int, attempt: int, 
         annotations.update({"prometheus.io/scrape": "true", "prometheus.io/port": str(spec.metrics.port), "prometheus.io/path": "/metrics"})
         ports.append({"name": "metrics", "containerPort": spec.metrics.port, "protocol": "TCP"})
 
-    # Quantities are strings on the wire (the API client refuses ints).
-    resources = {kind: {k: str(v) for k, v in values.items()} for kind, values in c.resources.to_k8s().items()}
+    resources = _quantities(c.resources.to_k8s())
     if c.gpus_per_replica:
         resources.setdefault("limits", {})[c.gpu_resource_name] = str(c.gpus_per_replica)
         resources.setdefault("requests", {})[c.gpu_resource_name] = str(c.gpus_per_replica)
@@ -212,15 +301,20 @@ def worker_pod(job: TrainingJob, body: dict[str, Any], slot: int, attempt: int, 
         shutdown_timeout=max(cfg.termination_grace_seconds - 20, 10),
     )
 
-    mounts = [{"name": "tmp", "mountPath": "/tmp"}, {"name": "dshm", "mountPath": "/dev/shm"}]
-    volumes: list[dict[str, Any]] = [
-        {"name": "tmp", "emptyDir": {}},
-        # NCCL and DataLoader workers need more shared memory than the 64Mi default.
-        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
-    ]
+    pod = spec.pod
+    own = OPERATOR_VOLUMES
+    mounts = [{"name": "tmp", "mountPath": own["tmp"]}, {"name": "dshm", "mountPath": own["dshm"]}]
+    # NCCL and DataLoader workers need more shared memory than the 64Mi default.
+    dshm: dict[str, Any] = {"medium": "Memory"}
+    if pod.shm_size is not None:
+        dshm["sizeLimit"] = str(pod.shm_size)
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}, {"name": "dshm", "emptyDir": dshm}]
     if (vol := _checkpoint_volume(job)) is not None:
         volumes.append(vol)
         mounts.append({"name": "checkpoints", "mountPath": CHECKPOINT_MOUNT})
+    # The job's own after the operator's: the models refuse any name or path that collides.
+    volumes += [v.to_k8s() for v in pod.volumes or ()]
+    mounts += [m.to_k8s() for m in c.volume_mounts or ()]
 
     container = {
         "name": "trainer",
@@ -230,33 +324,37 @@ def worker_pod(job: TrainingJob, body: dict[str, Any], slot: int, attempt: int, 
         "resources": resources,
         "ports": ports,
         "volumeMounts": mounts,
-        "securityContext": RESTRICTED_CONTAINER_SECURITY,
+        "securityContext": container_security(job, c.security_context),
         "terminationMessagePath": TERMINATION_MESSAGE_PATH,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if c.image_pull_policy:
         container["imagePullPolicy"] = c.image_pull_policy
+    pod_spec: dict[str, Any] = {
+        # torchrun restarts workers inside the pod; a pod that fails is
+        # accounted for and replaced by the operator under a new name.
+        "restartPolicy": "Never",
+        "enableServiceLinks": False,
+        **_identity(job),
+        # The trainer never calls the Kubernetes API: no token unless the job asks for one.
+        "automountServiceAccountToken": bool(pod.automount_service_account_token),
+        "terminationGracePeriodSeconds": cfg.termination_grace_seconds,
+        "securityContext": pod_security(job),
+        **_placement(job, with_selectors=True),
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if pod.init_containers:
+        pod_spec["initContainers"] = [_extra_container(job, x) for x in pod.init_containers]
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
             "name": name,
             "namespace": namespace,
-            "labels": labels,
-            "annotations": annotations,
+            **_pod_metadata(job, labels, annotations),
             "ownerReferences": [owner_reference(body)],
             "finalizers": [naming.TRACKING_FINALIZER],
         },
-        "spec": {
-            # torchrun restarts workers inside the pod; a pod that fails is
-            # accounted for and replaced by the operator under a new name.
-            "restartPolicy": "Never",
-            "enableServiceLinks": False,
-            "automountServiceAccountToken": False,
-            "terminationGracePeriodSeconds": cfg.termination_grace_seconds,
-            "securityContext": POD_SECURITY,
-            **_placement(job, with_selectors=True),
-            "containers": [container],
-            "volumes": volumes,
-        },
+        "spec": pod_spec,
     }

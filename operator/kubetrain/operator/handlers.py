@@ -159,16 +159,18 @@ def _observe(job: TrainingJob, body: dict[str, Any], kube: Kube, idx: Indexes, m
     pods += [planner.just_created(pod, r.role, r.slot, r.attempt, now)
              for (r_ns, r_job, pod), r in RESERVATIONS.unseen(idx.shows).items() if (r_ns, r_job) == (ns, name)]
     nodes = [n for store in idx.gpu_nodes.values() for n in store]
-    ckpt = job.spec.checkpoint
-    claim = ckpt.persistent_volume_claim.claim_name if ckpt and ckpt.persistent_volume_claim else None
-    # A job that trains has its Service and its claim: no reads while it runs.
+    # A job that trains has its Service, claims and ConfigMaps: no reads while it runs.
     settled = (body.get("status") or {}).get("phase") == "Running"
+    missing = tuple(
+        (kind, obj, path) for kind, obj, path in builders.referenced_objects(job)
+        if not _cached_exists(memo, f"{kind}/{obj}", lambda: kube.object_exists(kind, ns, obj), settled)
+    )
     return planner.Observed(
         pods=pods,
         now=now,
         service_exists=_cached_exists(memo, "service", lambda: kube.service_exists(ns, naming.store_name(name)), settled),
         fits_anywhere=capacity.fits_anywhere(job.spec, nodes) if nodes else job.spec.container.gpus_per_replica == 0,
-        missing_pvc=claim if claim and not _cached_exists(memo, f"pvc/{claim}", lambda: kube.pvc_exists(ns, claim), settled) else None,
+        missing=missing,
         admitted=not _queued(body, job) or not job.spec.suspend,
     )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from kubernetes import client
@@ -12,6 +13,17 @@ from kubetrain.api.models import GROUP, PLURAL, VERSION
 from kubetrain.operator import naming
 
 log = logging.getLogger("kubetrain.operator")
+
+
+def _found(read: Callable[[], Any]) -> bool:
+    """Whether ``read`` finds its object: a 404 is a no, any other error is raised."""
+    try:
+        read()
+        return True
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
 
 
 class Kube:
@@ -77,31 +89,20 @@ class Kube:
                 raise
 
     def service_exists(self, namespace: str, name: str) -> bool:
-        try:
-            self.core.read_namespaced_service(name, namespace)
-            return True
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise
+        return _found(lambda: self.core.read_namespaced_service(name, namespace))
 
-    def pvc_exists(self, namespace: str, name: str) -> bool:
-        try:
-            self.core.read_namespaced_persistent_volume_claim(name, namespace)
-            return True
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise
+    def object_exists(self, kind: str, namespace: str, name: str) -> bool:
+        """Whether a namespaced core object a job's pods refer to exists (PersistentVolumeClaim, ConfigMap,
+        ServiceAccount). Never a Secret: the operator does not read Secrets."""
+        read = {
+            "PersistentVolumeClaim": self.core.read_namespaced_persistent_volume_claim,
+            "ConfigMap": self.core.read_namespaced_config_map,
+            "ServiceAccount": self.core.read_namespaced_service_account,
+        }[kind]
+        return _found(lambda: read(name, namespace))
 
     def job_exists(self, namespace: str, name: str) -> bool:
-        try:
-            self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-            return True
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise
+        return _found(lambda: self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name))
 
     def delete_job(self, namespace: str, name: str) -> None:
         try:

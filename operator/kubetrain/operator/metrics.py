@@ -16,7 +16,7 @@ PHASES: tuple[str, ...] = Phase.__args__  # type: ignore[attr-defined]
 # Every reason a restart can have: counters start at 0 for each, so "no restarts"
 # is a 0 on the dashboard rather than no data.
 RESTART_REASONS: tuple[str, ...] = (*RetryableReason.__args__, STORE_LOST)  # type: ignore[attr-defined]
-SCALING_REASONS = ("CapacityAvailable", "PartialCapacity", "InsufficientCapacity", "CheckpointVolumeMissing", "NoNodeFits")
+SCALING_REASONS = ("CapacityAvailable", "PartialCapacity", "InsufficientCapacity", "CheckpointVolumeMissing", "ReferencedObjectMissing", "NoNodeFits")
 RECONCILE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 STARTUP_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
 

@@ -112,7 +112,8 @@ class Observed:
     service_exists: bool = True
     placeable: int | None = None  # more replicas that fit now; None: unknown (CPU jobs)
     fits_anywhere: bool = True
-    missing_pvc: str | None = None
+    # Objects the pods refer to that do not exist: (kind, name, the spec field naming it).
+    missing: tuple[tuple[str, str, str], ...] = ()
     admitted: bool = True  # False while a Kueue-queued job waits for admission
 
 
@@ -473,10 +474,14 @@ def _desired_replicas(job: TrainingJob, obs: Observed, active: list[PodView], st
     """How many replicas to run now, and why (also sets the Schedulable condition)."""
     spec = job.spec
     lo, hi = spec.replicas.min, spec.replicas.max
-    if obs.missing_pvc:
-        msg = f"spec.checkpoint.persistentVolumeClaim.claimName {obs.missing_pvc!r} does not exist in the namespace"
-        st.condition("Schedulable", False, "CheckpointVolumeMissing", msg)
-        return len(active) if len(active) >= lo else 0, "CheckpointVolumeMissing", msg
+    if obs.missing:
+        # Pods would wait in ContainerCreating (claims, ConfigMaps) or be refused (a ServiceAccount):
+        # create none until the objects exist, and say which field names what is missing.
+        msg = "; ".join(f"{path}: {kind} {name!r} does not exist in the namespace" for kind, name, path in obs.missing)
+        checkpoint_only = all(path.startswith("spec.checkpoint.") for _, _, path in obs.missing)
+        reason = "CheckpointVolumeMissing" if checkpoint_only else "ReferencedObjectMissing"
+        st.condition("Schedulable", False, reason, msg)
+        return len(active) if len(active) >= lo else 0, reason, msg
     if not obs.fits_anywhere:
         msg = (f"no node can ever fit one replica ({spec.container.gpus_per_replica} x {spec.container.gpu_resource_name} "
                "with the job's nodeSelector and tolerations)")
