@@ -6,6 +6,7 @@ The operator runs as a subprocess (``python -m kubetrain.operator``), exactly as
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -21,6 +22,7 @@ from crd_helpers import Jobs, install_crd, kubectl, wait_gone
 from kubetrain.devcluster import gpu_pool
 from kubetrain.devcluster.processes import free_port
 from kubetrain.devcluster.wait import wait_for
+from support.variants import REPO, load_all, load_yaml
 
 
 class Operator:
@@ -339,3 +341,73 @@ def test_missing_checkpoint_claim_is_reported_not_crashed_on(jobs):
     st = jobs.wait("nopvc", lambda s: any(c["reason"] == "CheckpointVolumeMissing" for c in s.get("conditions", [])),
                    "missing claim reported", 60)
     assert st["phase"] == "Pending" and jobs.pods("nopvc") == []
+
+
+# --- Pod customisation (spec.pod): every example's pods are valid pods, and what they refer to is checked ---
+
+CUSTOMISED = ["full", "dataset-pvc", "private-registry", "plain-torchrun-script"]
+
+
+@pytest.mark.parametrize("example", CUSTOMISED)
+def test_the_apiserver_accepts_every_customised_examples_pods(cluster, jobs, example):
+    """The builders' merge of each example is a pod the real apiserver admits (dry run): volumes of every
+    kind, sidecars, security contexts, device resources and metadata included."""
+    from kubetrain.api.manifests import parse_trainingjob
+    from kubetrain.operator import builders
+
+    jobs.core.create_namespaced_service_account(jobs.ns, {"metadata": {"name": "trainer"}})  # admission looks it up
+    job = parse_trainingjob(load_yaml(REPO / "examples" / f"{example}.yaml"))
+    body = {"metadata": {"name": job.metadata.name, "namespace": jobs.ns, "uid": "00000000-0000-0000-0000-000000000001"}}
+    cfg = builders.BuildConfig()
+    for pod in (builders.worker_pod(job, body, 0, 0, cfg), builders.store_pod(job, body, cfg)):
+        pod["metadata"]["namespace"] = jobs.ns
+        created = jobs.core.create_namespaced_pod(jobs.ns, pod, dry_run="All")
+        assert created.metadata.name == pod["metadata"]["name"]
+        assert len(created.spec.volumes or []) == len(pod["spec"].get("volumes", []))
+        assert [c.name for c in created.spec.init_containers or []] == [c["name"] for c in pod["spec"].get("initContainers", [])]
+
+
+def _on_kwok(manifest: dict) -> dict:
+    """An example as it runs on the simulated nodes: they are tainted, and their pods run no containers."""
+    manifest["spec"].setdefault("scheduling", {})["tolerations"] = [gpu_pool.KWOK_TOLERATION]
+    manifest["spec"]["replicas"] = {"min": 1, "max": 2}
+    manifest["spec"].pop("checkpoint", None)
+    return manifest
+
+
+def test_example_pods_are_created_with_their_customisation(cluster, jobs):
+    for obj in load_all(REPO / "examples" / "plain-torchrun-script.yaml")[:-1]:
+        kubectl("apply", "-n", jobs.ns, "-f", "-", input=json.dumps(obj))
+    jobs.core.create_namespaced_service_account(jobs.ns, {"metadata": {"name": "trainer"}})
+    for example in ("plain-torchrun-script", "private-registry"):
+        jobs.create(_on_kwok(load_yaml(REPO / "examples" / f"{example}.yaml")))
+    jobs.wait("my-script", lambda s: s.get("readyReplicas") == 2, "plain script running", 90)
+    jobs.wait("gpt-private", lambda s: s.get("readyReplicas") == 2, "private-registry job running", 90)
+
+    script = jobs.pods("my-script")[0]
+    assert any(v.name == "script" and v.config_map.name == "train-script" for v in script.spec.volumes)
+    mount = next(m for m in script.spec.containers[0].volume_mounts if m.name == "script")
+    assert (mount.mount_path, mount.read_only) == ("/app", True)
+
+    for pod in jobs.pods("gpt-private") + jobs.pods("gpt-private", role="rendezvous"):
+        assert pod.spec.service_account_name == "trainer"
+        assert [s.name for s in pod.spec.image_pull_secrets] == ["regcred"]
+        assert pod.metadata.labels["cost-center"] == "ml-research"
+        assert pod.metadata.annotations["sidecar.istio.io/inject"] == "false"
+        assert pod.spec.automount_service_account_token is False
+
+
+def test_missing_configmap_is_reported_and_pods_wait_for_it(cluster, jobs):
+    jobs.create(_on_kwok(load_yaml(REPO / "examples" / "plain-torchrun-script.yaml")))
+    st = jobs.wait("my-script", lambda s: any(c.get("reason") == "ReferencedObjectMissing" for c in s.get("conditions", [])),
+                   "missing ConfigMap reported", 60)
+    cond = next(c for c in st["conditions"] if c["type"] == "Schedulable")
+    assert cond["status"] == "False" and "spec.pod.volumes[script].configMap.name" in cond["message"]
+    assert "'train-script'" in cond["message"]
+    # No pod is created to wait in ContainerCreating, and nothing is retried hot: no refused creates.
+    time.sleep(3)
+    assert jobs.pods("my-script") == [] and jobs.pods("my-script", role="rendezvous") == []
+    assert not [e for e in jobs.events("my-script") if e.reason == "FailedCreate"]
+    # The ConfigMap arrives: the job starts without being touched.
+    kubectl("apply", "-n", jobs.ns, "-f", "-", input=json.dumps(load_all(REPO / "examples" / "plain-torchrun-script.yaml")[0]))
+    jobs.wait("my-script", lambda s: s.get("readyReplicas") == 2, "running once the ConfigMap exists", 120)
