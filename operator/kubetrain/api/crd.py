@@ -90,6 +90,9 @@ class _Translator:
             types = sorted(b.get("type", "") for b in branches)
             if types == ["integer", "string"]:
                 out = {"x-kubernetes-int-or-string": True}
+                # The string branch's syntax (a quantity's pattern) holds for the string form.
+                text = next(b for b in branches if b.get("type") == "string")
+                out.update({k: text[k] for k in ("pattern", "maxLength") if k in text})
             elif len(branches) == 1:
                 out = self.node(branches[0])
             else:

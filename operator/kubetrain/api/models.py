@@ -23,6 +23,7 @@ from kubetrain.api.pod import (
     DnsLabel,
     ImageReference,
     LocalObjectReference,
+    Quantity,
     ObjectName,
     PodMetadata,
     PodSecurityContext,
@@ -51,12 +52,10 @@ RetryableReason = Literal[
 ]
 Phase = Literal["Pending", "Running", "Restarting", "Scaling", "Suspended", "Succeeded", "Failed"]
 
-_QUANTITY = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+|[KMGTPE]i|[numkMGTPE])?$")
 # Env var names that must never carry a literal value: read them from a Secret.
 _SECRET_NAME_CEL = r"(?i)(^|_)(PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|ACCESS_?KEY|PRIVATE_?KEY|CREDENTIALS?)$"
 _SECRET_NAME = re.compile(_SECRET_NAME_CEL)
 
-Quantity = Annotated[int | str, Field(description="A Kubernetes quantity, e.g. 500m, 16Gi or 4.")]
 ResourceMap = Annotated[dict[str, Quantity], Field(max_length=16)]
 
 
@@ -68,10 +67,6 @@ def _require_unique(items: list[Any] | None, key: str, path: str) -> None:
         if value in seen:
             raise ValueError(f"{path}: duplicate entry {value!r}")
         seen.add(value)
-
-
-def _all_quantities(resources: dict[str, Any] | None) -> bool:
-    return all(isinstance(v, int) or _QUANTITY.match(v) for v in (resources or {}).values())
 
 
 # Resources the scheduler may overcommit; any other (GPUs, RDMA devices, hugepages) needs
@@ -87,16 +82,6 @@ def _not_overcommitted(s: "ResourceRequirements") -> bool:
 def _resource_rules(path: str) -> tuple[Rule, ...]:
     """The rules of a container's resources; ``path`` names the field in their messages."""
     return (
-        Rule(
-            "!has(self.requests) || self.requests.all(k, type(self.requests[k]) == int || isQuantity(self.requests[k]))",
-            f"{path}.requests: every value must be a Kubernetes quantity (e.g. 8, 500m, 64Gi)",
-            lambda s: _all_quantities(s.requests),
-        ),
-        Rule(
-            "!has(self.limits) || self.limits.all(k, type(self.limits[k]) == int || isQuantity(self.limits[k]))",
-            f"{path}.limits: every value must be a Kubernetes quantity (e.g. 8, 500m, 64Gi)",
-            lambda s: _all_quantities(s.limits),
-        ),
         Rule(
             "(!has(self.requests) || !('nvidia.com/gpu' in self.requests)) && (!has(self.limits) || !('nvidia.com/gpu' in self.limits))",
             f"{path} must not set nvidia.com/gpu: use spec.container.gpusPerReplica",
@@ -356,14 +341,6 @@ class PodTemplate(ApiModel):
         None,
         description="Size limit of /dev/shm (a memory-backed volume that counts toward the pod's memory), e.g. 16Gi. "
         "Default: no limit of its own.",
-    )
-
-    cel_rules = (
-        Rule(
-            "!has(self.shmSize) || type(self.shmSize) == int || isQuantity(self.shmSize)",
-            "spec.pod.shmSize must be a Kubernetes quantity (e.g. 16Gi)",
-            lambda s: _all_quantities({"shm": s.shm_size} if s.shm_size is not None else None),
-        ),
     )
 
     def volume_names(self) -> set[str]:

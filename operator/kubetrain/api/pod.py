@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from kubetrain.api.base import ApiModel, Rule
 
@@ -40,6 +40,22 @@ IMAGE_REFERENCE = (
     r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@[A-Za-z][A-Za-z0-9]*([-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$"
 )
 ABSOLUTE_PATH = r"^/.*$"
+# resource.Quantity's syntax, as Kubernetes' own CRDs declare it: a schema pattern, not a CEL
+# rule, so it costs nothing in the CRD's CEL budget however many containers carry resources.
+QUANTITY = r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+_QUANTITY = re.compile(QUANTITY)
+
+
+def _quantity(value: str) -> str:
+    if len(value) > 64 or not _QUANTITY.match(value):
+        raise ValueError("must be a Kubernetes quantity (e.g. 8, 500m, 64Gi)")
+    return value
+
+
+Quantity = Annotated[
+    int | Annotated[str, AfterValidator(_quantity), Field(json_schema_extra={"pattern": QUANTITY, "maxLength": 64})],
+    Field(description="A Kubernetes quantity, e.g. 500m, 16Gi or 4."),
+]
 
 _QUALIFIED_NAME = re.compile(QUALIFIED_NAME)
 _LABEL_VALUE = re.compile(LABEL_VALUE)
@@ -82,19 +98,19 @@ class PodMetadata(ApiModel):
 
     cel_rules = (
         Rule(
-            f"!has(self.labels) || self.labels.all(k, k.size() <= 316 && k.matches('{QUALIFIED_NAME}'))",
+            f"!has(self.labels) || self.labels.all(k, k.size() <= 316 && k.matches(r'{QUALIFIED_NAME}'))",
             "spec.pod.metadata.labels: every key must be a qualified name ([prefix/]name, name at most 63 "
             "characters of letters, digits, '-', '_' and '.')",
             lambda s: _valid_labels(s.labels),
         ),
         Rule(
-            f"!has(self.labels) || self.labels.all(k, self.labels[k].matches('{LABEL_VALUE}'))",
+            f"!has(self.labels) || self.labels.all(k, self.labels[k].matches(r'{LABEL_VALUE}'))",
             "spec.pod.metadata.labels: every value must be a label value (at most 63 letters, digits, '-', '_' "
             "and '.', starting and ending with a letter or digit)",
             lambda s: _valid_label_values(s.labels),
         ),
         Rule(
-            f"!has(self.annotations) || self.annotations.all(k, k.size() <= 316 && k.matches('{QUALIFIED_NAME}'))",
+            f"!has(self.annotations) || self.annotations.all(k, k.size() <= 316 && k.matches(r'{QUALIFIED_NAME}'))",
             "spec.pod.metadata.annotations: every key must be a qualified name ([prefix/]name)",
             lambda s: _valid_labels(s.annotations),
         ),
@@ -234,12 +250,13 @@ class VolumeMount(ApiModel):
     mount_path: str = Field(..., min_length=1, max_length=4096, pattern=ABSOLUTE_PATH, description="Absolute path in the container.")
     read_only: bool | None = Field(None, description="Mount read-only (recommended for datasets).")
     sub_path: str | None = Field(
-        None, max_length=4096, pattern=r"^[^/].*$", description="A relative path inside the volume to mount instead of its root."
+        None, max_length=1024, pattern=r"^[^/].*$", description="A relative path inside the volume to mount instead of its root."
     )
 
     cel_rules = (
         Rule(
-            "!has(self.subPath) || !self.subPath.split('/').exists(p, p == '..')",
+            "!has(self.subPath) || !(self.subPath == '..' || self.subPath.startsWith('../') || "
+            "self.subPath.endsWith('/..') || self.subPath.contains('/../'))",
             "volumeMounts.subPath must not contain '..'",
             lambda s: s.sub_path is None or ".." not in s.sub_path.split("/"),
         ),
@@ -305,9 +322,7 @@ class EmptyDirVolumeSource(ApiModel):
     medium: Literal["", "Memory", "HugePages", "HugePages-2Mi", "HugePages-1Gi"] | None = Field(
         None, description="Empty for node disk, Memory for tmpfs, HugePages[-<size>] for huge pages."
     )
-    size_limit: Annotated[int | str, Field(description="A Kubernetes quantity, e.g. 10Gi.")] | None = Field(
-        None, description="Size limit, e.g. 100Gi."
-    )
+    size_limit: Quantity | None = Field(None, description="Size limit, e.g. 100Gi.")
 
 
 class HostPathVolumeSource(ApiModel):
