@@ -28,10 +28,16 @@ install: $(STAMP) ## Create .venv with kubetrain and every extra (operator, trai
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
+# Debian's packages: Prometheus and promtool for the metrics and alert tests; the real node's
+# runtime (containerd, runc, CNI plugins, iptables, conntrack) and image tools (buildah, debootstrap).
+# APT_CHECK: one file or command per package, so a machine that has them all skips apt.
+APT_PACKAGES := prometheus containerd runc containernetworking-plugins buildah debootstrap iptables conntrack
+APT_CHECK := promtool containerd runc /usr/lib/cni/bridge buildah debootstrap iptables conntrack
+
 .PHONY: tools
-tools: $(STAMP) ## Build the control plane, KWOK and helm from the Go module proxy (cached in ~/.cache/kubetrain); install Prometheus
-	# Prometheus and promtool (Debian's package) for the metrics and alert tests.
-	command -v promtool >/dev/null || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq prometheus; }
+tools: $(STAMP) ## Build the control plane, KWOK, helm and the real node (kubelet, kube-proxy, CoreDNS, pause) from the Go module proxy (cached in ~/.cache/kubetrain); install Debian's packages
+	( for c in $(APT_CHECK); do command -v $$c >/dev/null || [ -x $$c ] || exit 1; done ) \
+	  || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); }
 	$(PY) -m kubetrain.devcluster build
 
 .PHONY: crds generate
@@ -51,12 +57,21 @@ demo: $(STAMP) ## Train the built-in GPT locally: examples/minimal.yaml on two C
 	$(PY) -m kubetrain.cli run examples/minimal.yaml
 
 .PHONY: cluster
-cluster: tools ## Start a local control plane with 4 simulated 8-GPU nodes (prints the KUBECONFIG line)
+cluster: tools ## Start a local control plane with 4 simulated 8-GPU nodes and one real CPU node (prints the KUBECONFIG line)
 	$(PY) -m kubetrain.devcluster up
 
 .PHONY: cluster-down
-cluster-down: $(STAMP) ## Stop the local control plane
+cluster-down: $(STAMP) ## Stop the local control plane and the real node; restore the host (bridge, iptables, sysctls)
 	$(PY) -m kubetrain.devcluster down
+
+.PHONY: images
+images: tools ## Build the trainer and operator images over a local Debian base (buildah, no registry); load them into the real node
+	$(PY) -m kubetrain.devcluster images
+
+.PHONY: deploy
+deploy: $(STAMP) ## Install the chart with the images of `make images` into KUBECONFIG (default: the make cluster one)
+	export KUBECONFIG="$${KUBECONFIG:-$(KUBECONFIG_DEV)}"; \
+	$(PY) -m kubetrain.devcluster deploy $(DEPLOY_ARGS)
 
 .PHONY: run
 run: $(STAMP) ## Run the operator from source against KUBECONFIG (default: the make cluster one); installs the CRD if missing

@@ -8,6 +8,7 @@ run must not go green with the cluster-dependent code untested.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,12 +17,15 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from kubetrain.devcluster import build, gpu_pool
+from kubetrain.devcluster import build, gpu_pool, hostnet, real_node
 from kubetrain.devcluster.cluster import LocalCluster
 from kubetrain.devcluster.wait import wait_for
 
 HERE = Path(__file__).parent
 CLUSTER_COMPONENTS = ["kubernetes", "etcd", "kwok"]
+# Opt-in until the real-node tests have proven reliable in CI: they need root, Debian's
+# containerd/runc/buildah and change the host's network (restored at the end of the session).
+REAL_NODE = os.environ.get("KUBETRAIN_REAL_NODE") == "1"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -53,7 +57,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     if failures:
         pytest.fail("control plane binaries could not be built:\n"
                     + "\n".join(f"{name}: {err}" for name, err in failures.items()), pytrace=False)
-    local = LocalCluster(tmp_path_factory.mktemp("cluster"))
+    # With the real node, the apiserver must be reachable from pods (real_node.cluster_settings).
+    local = LocalCluster(tmp_path_factory.mktemp("cluster"), real_node.cluster_settings() if REAL_NODE else None)
     local.start()
     previous = os.environ.get("KUBECONFIG")
     try:
@@ -82,3 +87,27 @@ def namespace(cluster: Cluster) -> Iterator[str]:
              timeout=30, what=f"default ServiceAccount in {name}")
     yield name
     core.delete_namespace(name, propagation_policy="Background")
+
+
+@pytest.fixture(scope="session")
+def node(cluster: Cluster) -> Iterator[real_node.RealNode]:
+    """The real node (kubelet, containerd, CoreDNS) joined to the session's control plane; the host restored after."""
+    if not REAL_NODE:
+        pytest.skip("real-node tests are opt-in: KUBETRAIN_REAL_NODE=1 (root, `make tools`)")
+    failures = build.ensure(real_node.NODE_COMPONENTS)
+    missing = real_node.missing_prerequisites()
+    if failures or missing:
+        pytest.fail(f"real node cannot start: missing {missing}, build failures {failures}", pytrace=False)
+    started = time.monotonic()
+    local = real_node.RealNode.for_cluster(cluster.local)
+    local.up(cluster.api)
+    local.wait_dns(cluster.api)
+    print(f"real node and CoreDNS Ready in {time.monotonic() - started:.1f}s")
+    try:
+        yield local
+    finally:
+        local.down()
+        # The apiserver's guard (KUBETRAIN-GUARD-IN) goes with the control plane, after this.
+        leftovers = [c for c in hostnet.leftover_chains() if not c.endswith(hostnet.GUARD_IN)]
+        leftovers += [link for link in (real_node.BRIDGE,) if hostnet.link_exists(link)]
+        assert not leftovers, f"the real node left host state behind: {leftovers}"

@@ -10,11 +10,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-from kubetrain.devcluster import build, gpu_pool
+from kubetrain.devcluster import build, gpu_pool, images, real_node
 from kubetrain.devcluster.cluster import COMPONENTS, LocalCluster
 
 log = logging.getLogger("kubetrain.devcluster")
@@ -44,16 +45,32 @@ def cmd_up(args: argparse.Namespace) -> int:
         for name, err in failures.items():
             log.error("build of %s failed: %s", name, err)
         return 1
+    if args.real_node:
+        failures = build.ensure(real_node.NODE_COMPONENTS)
+        missing = real_node.missing_prerequisites()
+        if failures or missing:
+            log.error("cannot start the real node (missing: %s%s); `make tools` installs and builds it, "
+                      "or pass --no-real-node", ", ".join(missing), "".join(f"; {n}: {e}" for n, e in failures.items()))
+            return 1
     started = time.monotonic()
-    cluster = LocalCluster(state_dir(), die_with_parent=False)
+    settings = real_node.cluster_settings() if args.real_node else None
+    cluster = LocalCluster(state_dir(), settings, die_with_parent=False)
+    node = None
     try:
         cluster.start()
         log.info("control plane up at %s in %.1fs", cluster.api_url, time.monotonic() - started)
         names = gpu_pool.create_pool(cluster.api_client(), nodes=args.nodes, gpus=args.gpus)
         log.info("%d simulated nodes x %d %s Ready in %.1fs total: %s", len(names), args.gpus,
                  gpu_pool.GPU_RESOURCE, time.monotonic() - started, ", ".join(names))
+        if args.real_node:
+            node = real_node.RealNode.for_cluster(cluster, die_with_parent=False)
+            node.up(cluster.api_client())
+            node.wait_dns()
+            log.info("real node %s and CoreDNS Ready in %.1fs total", real_node.NODE_NAME, time.monotonic() - started)
     except Exception as exc:  # noqa: BLE001 - report, clean up, exit non-zero
         log.error("%s", exc)
+        if node is not None:
+            node.down()
         cluster.stop()
         return 1
     log.info("logs: %s; stop with: python -m kubetrain.devcluster down", cluster.log_dir)
@@ -62,6 +79,11 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
+    # The node first, while the apiserver still runs; it restores the host even if its launcher died.
+    node = real_node.RealNode.recorded()
+    if node is not None:
+        node.down()
+        log.info("real node stopped and the host restored")
     cluster = LocalCluster.from_state(state_dir())
     running = cluster.running()
     cluster.stop()
@@ -92,18 +114,55 @@ def cmd_build(args: argparse.Namespace) -> int:
     return build.main(args.components)
 
 
+def cmd_images(args: argparse.Namespace) -> int:
+    """Build the images (skipping unchanged ones) and import them into the running real node, if any."""
+    try:
+        archives = [images.base_image(), *(images.app_image(name) for name in args.images or images.APP_IMAGES)]
+    except images.ImageError as exc:
+        log.error("%s", exc)
+        return 1
+    node = real_node.RealNode.recorded()
+    if node is not None and node.socket.exists():
+        node.import_images(archives)
+    else:
+        log.info("no real node running: `make cluster` imports the images when it starts one")
+    for archive in archives:
+        print(f"{images.image_of(archive):40} {archive.stat().st_size / 1e6:8.0f} MB  {archive}")
+    return 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    """``helm upgrade --install`` of charts/kubetrain with the local images (never pulled)."""
+    failures = build.ensure(["helm"])
+    if failures:
+        log.error("helm could not be built: %s", failures["helm"])
+        return 1
+    proc = subprocess.run(images.helm_install_argv(args.release, args.namespace, args.set), check=False)
+    return proc.returncode
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m kubetrain.devcluster", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="build if needed, start the cluster and the GPU pool, print the export line")
     up.add_argument("--nodes", type=int, default=gpu_pool.DEFAULT_NODES)
     up.add_argument("--gpus", type=int, default=gpu_pool.DEFAULT_GPUS, help="per node")
+    up.add_argument("--no-real-node", dest="real_node", action="store_false",
+                    help="only the simulated pool: no kubelet, containerd, bridge or iptables changes")
     up.set_defaults(func=cmd_up)
     sub.add_parser("down", help="stop the cluster (idempotent)").set_defaults(func=cmd_down)
     sub.add_parser("status", help="which components run; exit 1 unless all do").set_defaults(func=cmd_status)
     b = sub.add_parser("build", help="build the binaries (default: all)")
     b.add_argument("components", nargs="*")
     b.set_defaults(func=cmd_build)
+    im = sub.add_parser("images", help="build the base, trainer and operator images; import them into the real node")
+    im.add_argument("images", nargs="*", choices=[*images.APP_IMAGES, []])
+    im.set_defaults(func=cmd_images)
+    dp = sub.add_parser("deploy", help="helm install charts/kubetrain with the images of `images` (KUBECONFIG's cluster)")
+    dp.add_argument("--release", default="kubetrain")
+    dp.add_argument("--namespace", default="kubetrain-system")
+    dp.add_argument("--set", action="append", default=[], help="more chart values (repeatable)")
+    dp.set_defaults(func=cmd_deploy)
     return p
 
 

@@ -21,7 +21,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kubetrain.devcluster import build, pki, processes, stages
+from kubetrain.devcluster import build, hostnet, pki, processes, stages
 from kubetrain.devcluster.processes import Record
 from kubetrain.devcluster.wait import WaitTimeout, wait_for
 
@@ -54,6 +54,12 @@ class Settings:
     stop_timeout_s: float = 15.0
     # Appended to kube-apiserver's flags (the benchmarks turn on audit logging with them).
     apiserver_extra_args: tuple[str, ...] = ()
+    # Set when a real node joins (real_node.py): its bridge address. The apiserver then listens on
+    # every address and advertises this one, because the `kubernetes` Service cannot point at
+    # loopback and pods reach the API through it; it dials kubelets by InternalIP with the admin
+    # certificate (kubelets refuse anonymous callers). Its port is dropped on every other interface.
+    node_ip: str | None = None
+    node_bridge: str = "cni0"
 
 
 @dataclass
@@ -129,6 +135,8 @@ class LocalCluster:
         self._procs: dict[str, subprocess.Popen] = {}
         self._records: list[Record] = []
         self._pki: pki.Pki | None = None
+        # The apiserver's port has a guard rule (node_ip set): stop() removes it.
+        self._guarded = bool(self.settings.node_ip)
 
     # -- where things are -------------------------------------------------
 
@@ -199,6 +207,8 @@ class LocalCluster:
         for record in reversed(alive):
             processes.terminate(record, self._procs.get(record.name), self.settings.stop_timeout_s)
         busy = _busy_ports([p for r in alive for p in r.ports], timeout=10.0)
+        if self._guarded:
+            hostnet.unguard_ports([self.ports.apiserver])
         self._procs.clear()
         self._records = []
         self.state_file.unlink(missing_ok=True)
@@ -212,6 +222,7 @@ class LocalCluster:
         cluster._records, extra = processes.read_state(cluster.state_file)
         if "apiserver_port" in extra:
             cluster.ports.apiserver = extra["apiserver_port"]
+        cluster._guarded = bool(extra.get("guarded"))
         return cluster
 
     def running(self) -> list[Record]:
@@ -261,7 +272,8 @@ class LocalCluster:
         self._procs[name] = proc
         self._records.append(record)
         # Record before waiting on anything: if we die now, `down` still finds it.
-        processes.write_records(self.state_file, self._records, apiserver_port=self.ports.apiserver)
+        processes.write_records(self.state_file, self._records, apiserver_port=self.ports.apiserver,
+                                guarded=self._guarded)
 
     def _wait(self, name: str, probe, what: str) -> None:
         """Wait for ``probe``, failing at once (with its log) if the component exits meanwhile."""
@@ -306,11 +318,18 @@ class LocalCluster:
     def _start_apiserver(self, binary: Path) -> None:
         assert self._pki is not None
         s = self.settings
+        if s.node_ip:
+            hostnet.guard_ports([self.ports.apiserver], s.node_bridge)
+            reach = ["--bind-address=0.0.0.0", f"--advertise-address={s.node_ip}",
+                     "--kubelet-preferred-address-types=InternalIP",
+                     f"--kubelet-client-certificate={self._pki.admin_cert}",
+                     f"--kubelet-client-key={self._pki.admin_key}"]
+        else:
+            reach = ["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1"]
         self._spawn("kube-apiserver", [
             str(binary),
             f"--etcd-servers=http://127.0.0.1:{self.ports.etcd_client}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
+            *reach,
             f"--secure-port={self.ports.apiserver}",
             f"--cert-dir={self.state_dir / 'certs'}",
             f"--tls-cert-file={self._pki.serving_cert}",

@@ -79,8 +79,9 @@ def node_manifest(name: str, index: int, gpus: int = DEFAULT_GPUS) -> dict:
         "spec": {
             "taints": [{"key": KWOK_NODE_KEY, "value": KWOK_NODE_VALUE, "effect": "NoSchedule"}],
             # KWOK hands out pod IPs from the node's podCIDR, so every node gets its own.
-            "podCIDR": f"10.244.{index}.0/24",
-            "podCIDRs": [f"10.244.{index}.0/24"],
+            # 10.244.0.0/24 is the real node's (real_node.POD_CIDR): no fake pod shares a real pod's IP.
+            "podCIDR": f"10.244.{index + 1}.0/24",
+            "podCIDRs": [f"10.244.{index + 1}.0/24"],
         },
         # A kubelet registers its node with status filled in; so do we.
         "status": {

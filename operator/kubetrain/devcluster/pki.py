@@ -275,14 +275,18 @@ def write_admin_kubeconfig(pki: Pki, server: str, path: Path) -> Path:
     )
 
 
+def _load_ca(pki: Pki):
+    return (x509.load_pem_x509_certificate(pki.ca_cert.read_bytes()),
+            serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None))
+
+
 def write_client_kubeconfig(pki: Pki, server: str, path: Path, user: str, groups: tuple[str, ...] = ("system:masters",)) -> Path:
     """A kubeconfig for a new client-certificate identity (CN=user, O=groups), signed by the cluster's CA.
 
     Benchmarks give each operator its own user so the apiserver's audit log
     attributes every request to the client that made it.
     """
-    ca_cert = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
-    ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
+    ca_cert, ca_key = _load_ca(pki)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, user),
                          *[x509.NameAttribute(NameOID.ORGANIZATION_NAME, g) for g in groups]])
     cert, key = _make_leaf(ca_cert, ca_key, subject, ExtendedKeyUsageOID.CLIENT_AUTH)
@@ -294,3 +298,12 @@ def write_client_kubeconfig(pki: Pki, server: str, path: Path, user: str, groups
 
 def write_test_user_kubeconfig(pki: Pki, server: str, path: Path) -> Path:
     return write_kubeconfig(path, kubeconfig(server, pki.ca_cert, user=TEST_USER, token=pki.test_user_token()))
+
+
+def write_serving_cert(pki: Pki, cert_path: Path, key_path: Path, name: str, ips: tuple[str, ...]) -> None:
+    """A serving certificate for ``name`` at ``ips``, signed by the cluster's CA (the real node's kubelet)."""
+    ca_cert, ca_key = _load_ca(pki)
+    sans = [x509.DNSName(name), *[x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]]
+    cert, key = _make_leaf(ca_cert, ca_key, _name(name), ExtendedKeyUsageOID.SERVER_AUTH, sans)
+    cert_path.write_bytes(_cert_pem(cert))
+    _write_private(key_path, _key_pem(key))

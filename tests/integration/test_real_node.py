@@ -1,0 +1,85 @@
+"""End to end on the real node (opt-in: KUBETRAIN_REAL_NODE=1, see conftest.py).
+
+A pod from the locally built base image runs on the kubelet, reaches a Service by its DNS name
+through kube-proxy and CoreDNS, has no route off the machine, and the kubelet refuses it
+without credentials.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from kubernetes import client
+
+from kubetrain.devcluster import images, real_node
+from kubetrain.devcluster.wait import wait_for
+
+pytestmark = pytest.mark.real_node
+
+
+def pod(name: str, command: list[str], labels: dict | None = None, **spec) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": labels or {}},
+        "spec": {
+            "nodeSelector": {"kubernetes.io/hostname": real_node.NODE_NAME},
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "main", "image": images.BASE_IMAGE, "imagePullPolicy": "Never",
+                            "command": command}],
+            **spec,
+        },
+    }
+
+
+def wait_phase(core: client.CoreV1Api, namespace: str, name: str, phases: set[str], timeout: float = 90) -> client.V1Pod:
+    def done():
+        p = core.read_namespaced_pod(name, namespace)
+        return p if p.status.phase in phases else None
+
+    try:
+        return wait_for(done, timeout=timeout, what=f"pod {name} in {phases}")
+    except TimeoutError:
+        events = core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}").items
+        print("\n".join(f"{e.reason}: {e.message}" for e in events))
+        raise
+
+
+# The client: the Service by its short DNS name, no default route, the kubelet closed to it.
+CLIENT = r"""
+import ssl, urllib.request, urllib.error
+body = urllib.request.urlopen("http://echo:8080/hello.txt", timeout=10).read().decode()
+assert body == "hello from the real node\n", body
+routes = [l.split()[1] for l in open("/proc/net/route").read().splitlines()[1:]]
+assert "00000000" not in routes, f"default route in the pod: {routes}"
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+try:
+    urllib.request.urlopen("https://%s:%d/pods", timeout=10, context=ctx)
+    raise SystemExit("the kubelet answered an anonymous caller")
+except urllib.error.HTTPError as exc:
+    assert exc.code == 401, exc.code
+print("client ok")
+""" % (real_node.NODE_IP, real_node.KUBELET_PORT)
+
+
+def test_pod_reaches_a_service_by_dns_name(cluster, node, namespace):
+    core = client.CoreV1Api(cluster.api)
+    core.create_namespaced_pod(namespace, pod(
+        "echo", ["sh", "-c", "mkdir -p /srv && echo 'hello from the real node' > /srv/hello.txt"
+                 " && exec python3 -m http.server 8080 --directory /srv"],
+        labels={"app": "echo"}))
+    core.create_namespaced_service(namespace, {
+        "metadata": {"name": "echo"},
+        "spec": {"selector": {"app": "echo"}, "ports": [{"port": 8080, "targetPort": 8080}]},
+    })
+    started = time.monotonic()
+    wait_phase(core, namespace, "echo", {"Running"})
+    core.create_namespaced_pod(namespace, pod("client", ["python3", "-c", CLIENT]))
+    done = wait_phase(core, namespace, "client", {"Succeeded", "Failed"})
+    log = core.read_namespaced_pod_log("client", namespace)  # also proves the apiserver reaches the kubelet
+    print(f"echo Running and client done in {time.monotonic() - started:.1f}s")
+    assert done.status.phase == "Succeeded", log
+    assert "client ok" in log
+    assert done.spec.node_name == real_node.NODE_NAME
