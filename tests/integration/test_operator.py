@@ -356,6 +356,11 @@ def test_the_apiserver_accepts_every_customised_examples_pods(cluster, jobs, exa
     from kubetrain.operator import builders
 
     jobs.core.create_namespaced_service_account(jobs.ns, {"metadata": {"name": "trainer"}})  # admission looks it up
+    if job_uses_priority := example == "full":  # so does Priority admission, for full.yaml's PriorityClass
+        try:
+            client.SchedulingV1Api(cluster.api).create_priority_class({"metadata": {"name": "training-high"}, "value": 1000})
+        except client.exceptions.ApiException as exc:
+            assert exc.status == 409, exc.body
     job = parse_trainingjob(load_yaml(REPO / "examples" / f"{example}.yaml"))
     body = {"metadata": {"name": job.metadata.name, "namespace": jobs.ns, "uid": "00000000-0000-0000-0000-000000000001"}}
     cfg = builders.BuildConfig()
@@ -365,6 +370,7 @@ def test_the_apiserver_accepts_every_customised_examples_pods(cluster, jobs, exa
         assert created.metadata.name == pod["metadata"]["name"]
         assert len(created.spec.volumes or []) == len(pod["spec"].get("volumes", []))
         assert [c.name for c in created.spec.init_containers or []] == [c["name"] for c in pod["spec"].get("initContainers", [])]
+        assert (created.spec.priority_class_name == "training-high") == job_uses_priority
 
 
 def _on_kwok(manifest: dict) -> dict:

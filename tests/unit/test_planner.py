@@ -187,6 +187,11 @@ def test_missing_pvc_and_impossible_fit_are_reported():
     p = plan(job, _body(), _obs([], missing=(("PersistentVolumeClaim", "nope", "spec.checkpoint.persistentVolumeClaim.claimName"),), placeable=4))
     cond = next(c for c in p.status["conditions"] if c["type"] == "Schedulable")
     assert cond["reason"] == "CheckpointVolumeMissing" and "nope" in cond["message"] and p.create_workers == []
+    assert not p.create_store
+    sa = plan(_job(), _body(), _obs([], missing=(("ServiceAccount", "reader", "spec.pod.serviceAccountName"),), placeable=4))
+    cond = next(c for c in sa.status["conditions"] if c["type"] == "Schedulable")
+    assert cond["reason"] == "ReferencedObjectMissing" and cond["message"].startswith("spec.pod.serviceAccountName: ServiceAccount 'reader'")
+    assert sa.create_workers == [] and not sa.create_store
     p2 = plan(_job(), _body(), _obs([], fits_anywhere=False, placeable=0))
     assert next(c for c in p2.status["conditions"] if c["type"] == "Schedulable")["reason"] == "NoNodeFits"
 

@@ -332,7 +332,9 @@ def plan(job: TrainingJob, body: dict[str, Any], obs: Observed) -> Plan:
     # The store and its Service come first: agents cannot rendezvous without them.
     result.create_service = not obs.service_exists
     live_store = [p for p in store if p.active]
-    result.create_store = not live_store
+    # Not while an object the pods refer to is missing: the store shares the job's ServiceAccount,
+    # and admission would refuse it every round.
+    result.create_store = not live_store and not obs.missing
     _retire(result, [p for p in store if not p.active and p.phase != "Pending"])
 
     desired, reason, message = _desired_replicas(job, obs, active, st)
