@@ -54,6 +54,10 @@ def test_fields_are_immutable_while_running_but_replicas_are_not(jobs):
     with pytest.raises(ApiException) as err:
         jobs.patch("gpt-tiny", {"spec": {"precision": "bf16"}})
     assert err.value.status == 422 and "spec.precision cannot change while the job is running" in err.value.body
+    # What shapes the pods, their customisation included, follows the same rule.
+    with pytest.raises(ApiException) as err:
+        jobs.patch("gpt-tiny", {"spec": {"pod": {"serviceAccountName": "other"}}})
+    assert err.value.status == 422 and "spec.pod cannot change while the job is running" in err.value.body
     resized = jobs.patch("gpt-tiny", {"spec": {"replicas": {"max": 3}}})
     assert resized["spec"]["replicas"]["max"] == 3
     jobs.patch_status("gpt-tiny", {"phase": "Suspended"})
