@@ -90,9 +90,12 @@ class _Translator:
             types = sorted(b.get("type", "") for b in branches)
             if types == ["integer", "string"]:
                 out = {"x-kubernetes-int-or-string": True}
-                # The string branch's syntax (a quantity's pattern) holds for the string form.
+                # Each branch's constraints hold for its form: a quantity's pattern for the
+                # string, its lower bound for the integer.
                 text = next(b for b in branches if b.get("type") == "string")
+                number = next(b for b in branches if b.get("type") == "integer")
                 out.update({k: text[k] for k in ("pattern", "maxLength") if k in text})
+                out.update({k: number[k] for k in ("minimum",) if k in number})
             elif len(branches) == 1:
                 out = self.node(branches[0])
             else:

@@ -21,6 +21,7 @@ from kubetrain.api.pod import (
     ContainerPort,
     ContainerSecurityContext,
     DnsLabel,
+    LABEL_VALUE,
     ImageReference,
     LocalObjectReference,
     Quantity,
@@ -172,8 +173,9 @@ class ContainerSpec(ApiModel):
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
         None, description="When to pull the image: Always, IfNotPresent or Never."
     )
-    command: list[Annotated[str, Field(max_length=4096)]] | None = Field(
+    command: list[Annotated[str, Field(min_length=1, max_length=4096)]] | None = Field(
         None,
+        min_length=1,
         max_length=64,
         description="The program each worker process runs, launched by torchrun with --no-python "
         "(e.g. [python, /app/train.py]). torchrun provides RANK, WORLD_SIZE, MASTER_ADDR and the "
@@ -522,6 +524,8 @@ class SchedulingSpec(ApiModel):
     queue_name: str | None = Field(
         None,
         max_length=63,
+        # It becomes the kueue.x-k8s.io/queue-name label: a label value, or the label patch fails.
+        pattern=LABEL_VALUE,
         description="Kueue LocalQueue. Kueue reads the kueue.x-k8s.io/queue-name label; the operator "
         "keeps a job with either suspended until Kueue admits it.",
     )

@@ -40,9 +40,11 @@ IMAGE_REFERENCE = (
     r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@[A-Za-z][A-Za-z0-9]*([-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$"
 )
 ABSOLUTE_PATH = r"^/.*$"
-# resource.Quantity's syntax, as Kubernetes' own CRDs declare it: a schema pattern, not a CEL
-# rule, so it costs nothing in the CRD's CEL budget however many containers carry resources.
-QUANTITY = r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+# resource.Quantity's syntax, as Kubernetes' own CRDs declare it, without the minus sign (every
+# quantity here is a size or an amount, and a pod with a negative one is refused): a schema
+# pattern, not a CEL rule, so it costs nothing in the CRD's CEL budget however many containers
+# carry resources.
+QUANTITY = r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 _QUANTITY = re.compile(QUANTITY)
 
 
@@ -53,7 +55,7 @@ def _quantity(value: str) -> str:
 
 
 Quantity = Annotated[
-    int | Annotated[str, AfterValidator(_quantity), Field(json_schema_extra={"pattern": QUANTITY, "maxLength": 64})],
+    Annotated[int, Field(ge=0)] | Annotated[str, AfterValidator(_quantity), Field(json_schema_extra={"pattern": QUANTITY, "maxLength": 64})],
     Field(description="A Kubernetes quantity, e.g. 500m, 16Gi or 4."),
 ]
 
