@@ -83,3 +83,58 @@ def test_pod_reaches_a_service_by_dns_name(cluster, node, namespace):
     assert done.status.phase == "Succeeded", log
     assert "client ok" in log
     assert done.spec.node_name == real_node.NODE_NAME
+
+
+@pytest.fixture(scope="module")
+def deployed(cluster, node):
+    """The chart installed with the trainer and operator images built from this repository.
+
+    A cold image build takes ~10 min (the trainer's torch wheels); a warm one is skipped.
+    """
+    import subprocess
+
+    started = time.monotonic()
+    archives = [images.app_image("trainer"), images.app_image("operator")]
+    node.import_images(archives)
+    print(f"images ready and imported in {time.monotonic() - started:.1f}s")
+    release, namespace = "kubetrain", "kubetrain-system"
+    subprocess.run(images.helm_install_argv(release, namespace), check=True, timeout=600)
+    yield namespace
+    subprocess.run([images.helm_install_argv(release, namespace)[0], "uninstall", release, "--namespace", namespace,
+                    "--wait"], check=False, timeout=300)
+
+
+def test_operator_runs_from_the_chart_as_its_service_account(cluster, deployed):
+    core = client.CoreV1Api(cluster.api)
+    [operator] = core.list_namespaced_pod(deployed, label_selector="app.kubernetes.io/name=kubetrain").items
+    assert operator.spec.node_name == real_node.NODE_NAME
+    assert operator.spec.service_account_name == "kubetrain"
+    assert all(c.ready for c in operator.status.container_statuses)  # its liveness/readiness probes pass
+
+
+def test_two_cpu_replicas_train_to_succeeded(cluster, deployed, namespace):
+    api = client.CustomObjectsApi(cluster.api)
+    core = client.CoreV1Api(cluster.api)
+    api.create_namespaced_custom_object("kubetrain.dev", "v1alpha1", namespace, "trainingjobs", {
+        "apiVersion": "kubetrain.dev/v1alpha1", "kind": "TrainingJob",
+        "metadata": {"name": "gpt-real"},
+        "spec": {"replicas": {"min": 2, "max": 2}, "trainer": {"maxSteps": 40}},
+    })
+    seen = {"nodes": set(), "tokens": 0.0, "world": 0}
+
+    def finished():
+        for p in core.list_namespaced_pod(namespace).items:
+            if p.spec.node_name:
+                seen["nodes"].add(p.spec.node_name)
+        job = api.get_namespaced_custom_object("kubetrain.dev", "v1alpha1", namespace, "trainingjobs", "gpt-real")
+        status = job.get("status", {})
+        seen["tokens"] = max(seen["tokens"], status.get("throughput", {}).get("tokensPerSecond", 0.0))
+        seen["world"] = max(seen["world"], status.get("worldSize", 0))
+        return status if status.get("phase") in ("Succeeded", "Failed") else None
+
+    started = time.monotonic()
+    status = wait_for(finished, timeout=600, what="TrainingJob gpt-real to finish")
+    print(f"2-replica job {status['phase']} in {time.monotonic() - started:.1f}s; {seen}")
+    assert status["phase"] == "Succeeded", status
+    assert seen["nodes"] == {real_node.NODE_NAME}
+    assert seen["world"] == 2 and seen["tokens"] > 0
