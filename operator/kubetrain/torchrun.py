@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # Every agent sets this: without it a running job cannot scale up (the new
-# agent times out waiting for the next round's MASTER_ADDR). Verified in
-# ../shared/reference/torch-elastic.md.
+# agent times out waiting for the next round's MASTER_ADDR). Exercised by
+# tests/trainer/test_elastic.py::test_adding_an_agent_scales_up_without_losing_steps.
 ELASTIC_ENV = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
 
 STORE_PORT = 29400
