@@ -15,9 +15,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from kubetrain.operator import handlers  # registers the handlers
+    from kubetrain.operator import handlers  # noqa: F401 - registers the handlers
+    from kubetrain.operator.settings import OperatorConfig
 
-    cfg = handlers.CONFIG
+    # Read once: the startup handler builds the runtime from this same config (one peering priority).
+    cfg = OperatorConfig.from_env()
     kopf.run(
         clusterwide=not cfg.namespaces,
         namespaces=cfg.namespaces,
@@ -25,6 +27,7 @@ def main(argv: list[str] | None = None) -> None:
         peering_name=cfg.peering_name,
         priority=cfg.peering_priority,
         liveness_endpoint=args.liveness,
+        memo=kopf.Memo(config=cfg),
     )
 
 

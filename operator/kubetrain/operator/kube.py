@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from kubernetes import client
+from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from kubetrain.api.models import GROUP, PLURAL, VERSION
@@ -28,8 +28,21 @@ def _found(read: Callable[[], Any]) -> bool:
 
 class Kube:
     def __init__(self, api: client.ApiClient):
+        self.api = api
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
+
+    @classmethod
+    def connect(cls) -> "Kube":
+        """The cluster we run in, else the one in KUBECONFIG (a developer's machine, the tests)."""
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            config.load_kube_config()
+        return cls(client.ApiClient())
+
+    def close(self) -> None:
+        self.api.close()
 
     def create(self, manifest: dict[str, Any]) -> bool:
         """Create a Pod or Service; False if it already exists (an earlier attempt did it)."""

@@ -9,6 +9,11 @@ from dataclasses import dataclass, field
 from kubetrain.operator.builders import BuildConfig
 
 
+def reconcile_interval_from_env(env: dict[str, str] | None = None) -> float:
+    """Seconds between a job's timer reconciles (KUBETRAIN_RECONCILE_INTERVAL, default 5)."""
+    return float((os.environ if env is None else env).get("KUBETRAIN_RECONCILE_INTERVAL", "5"))
+
+
 def _namespaces(value: str) -> list[str]:
     return [n.strip() for n in value.split(",") if n.strip()]
 
@@ -38,7 +43,7 @@ class OperatorConfig:
         return cls(
             build=build,
             namespaces=_namespaces(env.get("KUBETRAIN_WATCH_NAMESPACES", "")),
-            reconcile_interval_seconds=float(env.get("KUBETRAIN_RECONCILE_INTERVAL", "5")),
+            reconcile_interval_seconds=reconcile_interval_from_env(env),
             standalone=env.get("KUBETRAIN_STANDALONE", "false").lower() == "true",
             metrics_port=int(env.get("KUBETRAIN_METRICS_PORT", "8000")),
             prometheus_url=env.get("KUBETRAIN_PROMETHEUS_URL", ""),

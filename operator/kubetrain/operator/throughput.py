@@ -139,8 +139,15 @@ class ThroughputReader:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
+        """End the thread: at once when it waits, after the read in flight otherwise (at most ``timeout``)."""
         self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
 
     def get(self, key: JobKey) -> Throughput | None:
         return self._snapshot.get(key)

@@ -1,0 +1,100 @@
+"""The operator's state: one runtime per process, one memo per job. No module globals.
+
+``OperatorRuntime`` is built by the startup handler and put in Kopf's operator memo.
+Kopf copies that memo into every object's memo, so each handler reaches it as
+``OperatorRuntime.of(memo)``; the cleanup handler stops what ``start`` started.
+A test builds its own runtime (with a fake Kube) and a memo that holds it.
+
+``JobMemo`` is what the operator remembers about one job between reconciles. It
+lives in the job's own Kopf memo, which Kopf drops when the job is gone.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import kopf
+from prometheus_client import CollectorRegistry, start_http_server
+
+from kubetrain.operator import capacity
+from kubetrain.operator.metrics import OperatorMetrics
+from kubetrain.operator.settings import OperatorConfig
+from kubetrain.operator.throughput import PodScrapeSource, PrometheusSource, ThroughputReader
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from kubetrain.operator.kube import Kube
+
+RUNTIME_KEY = "runtime"
+JOB_KEY = "job"
+
+
+class OperatorRuntime:
+    """Config, API client, metrics, the reservation ledger and the throughput reader of one operator."""
+
+    def __init__(self, config: OperatorConfig, kube: Kube, throughput: ThroughputReader | None = None):
+        self.config = config
+        self.kube = kube
+        # Our own registry, not prometheus_client's global one: two runtimes (tests) never share series.
+        self.registry = CollectorRegistry()
+        self.metrics = OperatorMetrics(self.registry)
+        self.reservations = capacity.Reservations()
+        if throughput is None:
+            source = PrometheusSource(config.prometheus_url) if config.prometheus_url else PodScrapeSource()
+            throughput = ThroughputReader(source, config.throughput_interval_seconds)
+        self.throughput = throughput
+        self._metrics_server: WSGIServer | None = None
+
+    @classmethod
+    def of(cls, memo: kopf.Memo) -> OperatorRuntime:
+        runtime: OperatorRuntime = memo[RUNTIME_KEY]
+        return runtime
+
+    def start(self) -> None:
+        """Serve /metrics (unless the port is 0) and start reading throughput."""
+        if self.config.metrics_port:
+            self._metrics_server, _ = start_http_server(self.config.metrics_port, registry=self.registry)
+        self.throughput.start()
+
+    def stop(self) -> None:
+        """Undo ``start`` and close the API client; safe to call more than once, or without ``start``."""
+        self.throughput.stop()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+            self._metrics_server = None
+        self.kube.close()
+
+    def forget(self, namespace: str, job: str) -> None:
+        """Drop what the runtime keeps for a deleted job: its metric series and throughput targets."""
+        self.metrics.forget(namespace, job)
+        self.throughput.register_pods((namespace, job), [])
+
+
+@dataclass
+class JobMemo:
+    """One job's state between reconciles."""
+
+    # Our last status write: the next body may not show it yet, and status never steps backwards.
+    status: dict[str, Any] = field(default_factory=dict)
+    # Pods we released whose release the pod index does not show yet: not counted twice.
+    released: set[str] = field(default_factory=set)
+    # Objects the pods need, seen to exist ("service", "Kind/name") -> time.monotonic() of the look.
+    exists: dict[str, float] = field(default_factory=dict)
+    # time.monotonic() of the previous reconcile: the GPU-seconds since then.
+    last_reconcile: float | None = None
+    # The job's first Running is recorded (the time-to-Running histogram observes it once).
+    ran: bool = False
+    # Create, update, resume and the timer run in Kopf's worker threads: one reconcile of a job at a time.
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    @classmethod
+    def of(cls, memo: kopf.Memo) -> JobMemo:
+        state: JobMemo | None = memo.get(JOB_KEY)
+        if state is None:
+            # setdefault is one atomic dict operation: two first reconciles racing get one memo, one lock.
+            state = memo.setdefault(JOB_KEY, cls())
+        return state

@@ -1,0 +1,73 @@
+"""The operator's runtime: built from its config, held in Kopf's memo, stopped by the cleanup handler."""
+
+from __future__ import annotations
+
+import copy
+import urllib.error
+import urllib.request
+
+import kopf
+import pytest
+
+from kubetrain.devcluster.processes import free_port
+from kubetrain.operator import handlers
+from kubetrain.operator.runtime import JobMemo, OperatorRuntime
+from kubetrain.operator.settings import OperatorConfig, reconcile_interval_from_env
+from kubetrain.operator.throughput import PodScrapeSource, PrometheusSource
+
+
+class FakeKube:
+    closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_the_config_chooses_the_throughput_source_and_each_runtime_has_its_own_registry():
+    scrape = OperatorRuntime(OperatorConfig(metrics_port=0), FakeKube())
+    prom = OperatorRuntime(OperatorConfig(metrics_port=0, prometheus_url="http://prometheus:9090/"), FakeKube())
+    assert isinstance(scrape.throughput.source, PodScrapeSource)
+    assert isinstance(prom.throughput.source, PrometheusSource) and prom.throughput.source.url == "http://prometheus:9090"
+    scrape.metrics.reconcile_errors.inc()
+    assert scrape.registry.get_sample_value("kubetrain_operator_reconcile_errors_total") == 1
+    assert prom.registry.get_sample_value("kubetrain_operator_reconcile_errors_total") == 0
+    assert scrape.reservations is not prom.reservations
+
+
+def test_cleanup_stops_the_reader_the_metrics_server_and_the_api_client():
+    port = free_port()
+    kube = FakeKube()
+    runtime = OperatorRuntime(OperatorConfig(metrics_port=port, throughput_interval_seconds=3600), kube)
+    runtime.start()
+    try:
+        assert runtime.throughput.running
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            assert b"kubetrain_operator_reconcile_errors_total" in resp.read()
+    finally:
+        handlers.stop(memo=kopf.Memo(runtime=runtime))
+    # The reader waits an hour between reads: stop must wake it, not wait it out.
+    assert not runtime.throughput.running and kube.closed
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)
+    runtime.stop()  # twice is harmless
+
+
+def test_cleanup_after_a_failed_startup_has_nothing_to_stop():
+    handlers.stop(memo=kopf.Memo())
+
+
+def test_every_job_sees_the_operator_runtime_but_keeps_its_own_state():
+    runtime = OperatorRuntime(OperatorConfig(metrics_port=0), FakeKube())
+    operator_memo = kopf.Memo(runtime=runtime)
+    # What Kopf does for each object it meets: a shallow copy of the operator memo.
+    a, b = copy.copy(operator_memo), copy.copy(operator_memo)
+    assert OperatorRuntime.of(a) is OperatorRuntime.of(b) is runtime
+    assert JobMemo.of(a) is JobMemo.of(a) and JobMemo.of(a) is not JobMemo.of(b)
+    JobMemo.of(a).released.add("j-w0-0")
+    assert JobMemo.of(b).released == set() and "job" not in operator_memo
+
+
+def test_the_timer_interval_is_the_configs():
+    env = {"KUBETRAIN_RECONCILE_INTERVAL": "1.5"}
+    assert reconcile_interval_from_env(env) == OperatorConfig.from_env(env).reconcile_interval_seconds == 1.5
+    assert reconcile_interval_from_env({}) == OperatorConfig().reconcile_interval_seconds
