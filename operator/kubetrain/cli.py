@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from kubetrain.api.manifests import ManifestError, load_trainingjobs
+from kubetrain.api.manifests import ManifestError, load_any, load_trainingjobs
 from kubetrain.api.models import TrainingJob
 
 
@@ -26,8 +26,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     failed = False
     for path in args.files:
         try:
-            for job in load_trainingjobs(path):
-                print(f"{path}: TrainingJob {job.metadata.name} is valid")
+            for obj in load_any(path):
+                print(f"{path}: {obj.kind} {obj.metadata.name} is valid")
         except ManifestError as exc:
             print(exc, file=sys.stderr)
             failed = True
@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         gen.add_argument("--stdout", action="store_true", help="print the CRD instead of writing files")
         gen.set_defaults(func=_cmd_generate)
 
-    validate = sub.add_parser("validate", help="validate TrainingJob manifests with the API models")
+    validate = sub.add_parser("validate", help="validate TrainingJob and TrainingSweep manifests with the API models")
     validate.add_argument("files", nargs="+")
     validate.set_defaults(func=_cmd_validate)
 

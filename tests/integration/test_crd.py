@@ -6,7 +6,7 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from crd_helpers import Jobs, install_crd, kubectl
-from support.variants import EXAMPLES, invalid_variants, load_yaml, refusal_status
+from support.variants import EXAMPLES, REPO, invalid_sweep_variants, invalid_variants, load_yaml, refusal_status
 
 VARIANTS = invalid_variants()
 
@@ -90,3 +90,39 @@ def test_scale_subresource_resizes_max(jobs):
     jobs.create(manifest)
     kubectl("scale", "tj", "gpt-tiny", "-n", jobs.ns, "--replicas=5")
     assert jobs.get("gpt-tiny")["spec"]["replicas"]["max"] == 5
+
+
+# --- TrainingSweep: the second kind, generated the same way ---
+
+SWEEP_VARIANTS = invalid_sweep_variants()
+
+
+def _sweeps(cluster, namespace):
+    from kubernetes import client
+
+    custom = client.CustomObjectsApi(cluster.api)
+
+    def create(manifest, dry_run=True):
+        return custom.create_namespaced_custom_object("kubetrain.dev", "v1alpha1", namespace, "trainingsweeps", manifest,
+                                                      field_validation="Strict", **({"dry_run": "All"} if dry_run else {}))
+    return create
+
+
+def test_the_example_sweep_is_accepted_with_its_defaults(cluster, crd, namespace):
+    created = _sweeps(cluster, namespace)(load_yaml(REPO / "examples" / "sweep.yaml", kind="TrainingSweep"))
+    assert created["spec"]["maxTrials"] == 8 and created["spec"]["earlyStopping"]["reductionFactor"] == 3
+    # The template's defaults are applied as in a TrainingJob.
+    assert created["spec"]["template"]["spec"]["precision"] == "fp32"
+
+
+@pytest.mark.parametrize("name,manifest,field", SWEEP_VARIANTS, ids=[v[0] for v in SWEEP_VARIANTS])
+def test_every_invalid_sweep_is_refused_by_the_apiserver(cluster, crd, namespace, name, manifest, field):
+    with pytest.raises(ApiException) as err:
+        _sweeps(cluster, namespace)(manifest)
+    assert err.value.status == 422, err.value.body
+    assert field in err.value.body, err.value.body
+
+
+def test_kubectl_explains_sweeps_by_their_short_name(crd):
+    out = kubectl("explain", "tsw.spec.parameters.target").stdout
+    assert "trainer.learningRate" in out and "container.env.<NAME>" in out

@@ -9,14 +9,18 @@ from typing import Any
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
+_ALL_EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
+# Examples by the kind they show: a TrainingJob (with what it needs), or a TrainingSweep.
+SWEEP_EXAMPLES = [p for p in _ALL_EXAMPLES if "\nkind: TrainingSweep" in p.read_text()]
+EXAMPLES = [p for p in _ALL_EXAMPLES if p not in SWEEP_EXAMPLES]
 _VARIANTS = yaml.safe_load((REPO / "tests" / "data" / "invalid-variants.yaml").read_text())
+_SWEEP_VARIANTS = yaml.safe_load((REPO / "tests" / "data" / "invalid-sweep-variants.yaml").read_text())
 
 
-def load_yaml(path: Path) -> dict[str, Any]:
-    """The TrainingJob of an example; an example may carry what it needs (a ConfigMap) before it."""
+def load_yaml(path: Path, kind: str = "TrainingJob") -> dict[str, Any]:
+    """The TrainingJob (or ``kind``) of an example; an example may carry what it needs (a ConfigMap) before it."""
     docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
-    return next(d for d in docs if d.get("kind") == "TrainingJob")
+    return next(d for d in docs if d.get("kind") == kind)
 
 
 def load_all(path: Path) -> list[dict[str, Any]]:
@@ -47,3 +51,9 @@ def invalid_variants() -> list[tuple[str, dict[str, Any], str]]:
     """(name, manifest, field its error must name) for every invalid variant."""
     base = load_yaml(REPO / "examples" / "minimal.yaml")
     return [(v["name"], merge(base, v["patch"]), v["field"]) for v in _VARIANTS]
+
+
+def invalid_sweep_variants() -> list[tuple[str, dict[str, Any], str]]:
+    """(name, manifest, field its error must name) for every invalid TrainingSweep variant."""
+    base = load_yaml(REPO / "examples" / "sweep.yaml", kind="TrainingSweep")
+    return [(v["name"], merge(base, v["patch"]), v["field"]) for v in _SWEEP_VARIANTS]

@@ -10,13 +10,14 @@ and scale subresources and the CEL rules declared on the models.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel
 
-from kubetrain.api import models
+from kubetrain.api import models, pod, sweep
 from kubetrain.api.base import ApiModel, Rule
 
 # Only the spec is transition-checked; these may not change while workers train
@@ -58,10 +59,14 @@ def _rules_of(model: type[BaseModel]) -> list[dict[str, Any]]:
     return out
 
 
+API_MODULES = (models, pod, sweep)
+
+
 def _models_by_name() -> dict[str, type[ApiModel]]:
     return {
         name: obj
-        for name, obj in vars(models).items()
+        for module in API_MODULES
+        for name, obj in vars(module).items()
         if isinstance(obj, type) and issubclass(obj, ApiModel) and obj is not ApiModel
     }
 
@@ -179,16 +184,66 @@ def openapi_schema(model: type[BaseModel]) -> dict[str, Any]:
     return out
 
 
-def _immutability_rules() -> list[dict[str, str]]:
-    active = "[" + ", ".join(f"'{p}'" for p in ACTIVE_PHASES) + "]"
+@dataclass(frozen=True)
+class Kind:
+    """One kind this API serves: its models, names and what kubectl shows."""
+
+    kind: str
+    plural: str
+    short_names: tuple[str, ...]
+    spec: type[ApiModel]
+    status: type[ApiModel]
+    root: type[ApiModel]
+    max_name_length: int
+    printer_columns: list[dict[str, Any]]
+    # spec fields that may not change while the object is active, and the phases that count as active.
+    immutable: dict[str, str] = field(default_factory=dict)
+    active_phases: tuple[str, ...] = ()
+    scale: dict[str, str] | None = None
+
+
+SWEEP_PRINTER_COLUMNS = [
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Lifecycle phase"},
+    {"name": "Running", "type": "integer", "jsonPath": ".status.trials.running", "description": "Trials training"},
+    {"name": "Succeeded", "type": "integer", "jsonPath": ".status.trials.succeeded", "description": "Trials trained to the end"},
+    {"name": "Pruned", "type": "integer", "jsonPath": ".status.trials.pruned", "description": "Trials stopped early"},
+    {"name": "Max", "type": "integer", "jsonPath": ".spec.maxTrials", "description": "Trials in all"},
+    {"name": "Best", "type": "number", "jsonPath": ".status.bestTrial.value", "description": "Best objective value so far"},
+    {"name": "Failed", "type": "integer", "jsonPath": ".status.trials.failed", "priority": 1, "description": "Failed trials"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+TRAINING_JOB = Kind(
+    kind=models.KIND, plural=models.PLURAL, short_names=("tj",), spec=models.TrainingJobSpec,
+    status=models.TrainingJobStatus, root=models.TrainingJob, max_name_length=models.MAX_JOB_NAME_LENGTH,
+    printer_columns=PRINTER_COLUMNS, immutable=IMMUTABLE_WHILE_ACTIVE, active_phases=ACTIVE_PHASES,
+    # `kubectl scale tj NAME --replicas=N` resizes the elastic range's max.
+    scale={"specReplicasPath": ".spec.replicas.max", "statusReplicasPath": ".status.currentReplicas",
+           "labelSelectorPath": ".status.selector"},
+)
+TRAINING_SWEEP = Kind(
+    kind=sweep.SWEEP_KIND, plural=sweep.SWEEP_PLURAL, short_names=("tsw",), spec=sweep.TrainingSweepSpec,
+    status=sweep.TrainingSweepStatus, root=sweep.TrainingSweep, max_name_length=sweep.MAX_SWEEP_NAME_LENGTH,
+    printer_columns=SWEEP_PRINTER_COLUMNS,
+    # Trials already created keep their own spec; what new trials are drawn from may not change mid-sweep.
+    immutable={"template": "spec.template", "parameters": "spec.parameters", "objective": "spec.objective",
+               "algorithm": "spec.algorithm", "earlyStopping": "spec.earlyStopping"},
+    active_phases=("Running",),
+)
+KINDS = (TRAINING_JOB, TRAINING_SWEEP)
+
+
+def _immutability_rules(kind: Kind) -> list[dict[str, str]]:
+    active = "[" + ", ".join(f"'{p}'" for p in kind.active_phases) + "]"
+    what = kind.kind.replace("Training", "").lower()
     rules = []
-    for field, path in IMMUTABLE_WHILE_ACTIVE.items():
+    for field_name, path in kind.immutable.items():
         rules.append(
             {
                 "rule": f"!has(oldSelf.status) || !has(oldSelf.status.phase) || !(oldSelf.status.phase in {active}) "
-                f"|| (has(self.spec.{field}) == has(oldSelf.spec.{field}) && "
-                f"(!has(self.spec.{field}) || self.spec.{field} == oldSelf.spec.{field}))",
-                "message": f"{path} cannot change while the job is running: suspend it (spec.suspend: true), change it, then resume",
+                f"|| (has(self.spec.{field_name}) == has(oldSelf.spec.{field_name}) && "
+                f"(!has(self.spec.{field_name}) || self.spec.{field_name} == oldSelf.spec.{field_name}))",
+                "message": f"{path} cannot change while the {what} is running: suspend it (spec.suspend: true), change it, then resume",
                 "reason": "FieldValueForbidden",
                 "fieldPath": "." + path,
             }
@@ -196,48 +251,52 @@ def _immutability_rules() -> list[dict[str, str]]:
     return rules
 
 
-def _name_rule() -> dict[str, str]:
+def _name_rule(kind: Kind) -> dict[str, str]:
+    named = "the job's pod and Service names" if kind is TRAINING_JOB else "its trials' names (<sweep>-t<number>)"
     return {
-        "rule": f"self.metadata.name.size() <= {models.MAX_JOB_NAME_LENGTH} && "
+        "rule": f"self.metadata.name.size() <= {kind.max_name_length} && "
         "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
         "message": f"metadata.name must be a DNS-1035 label (lower case letters, digits, '-', starting with a letter) "
-        f"of at most {models.MAX_JOB_NAME_LENGTH} characters: it prefixes the job's pod and Service names",
+        f"of at most {kind.max_name_length} characters: it prefixes {named}",
     }
 
 
-def build_crd() -> dict[str, Any]:
-    spec_schema = openapi_schema(models.TrainingJobSpec)
-    spec_schema["description"] = models.TrainingJobSpec.__doc__.strip()
-    status_schema = openapi_schema(models.TrainingJobStatus)
-    status_schema["description"] = models.TrainingJobStatus.__doc__.strip()
+def build_crd(kind: Kind = TRAINING_JOB) -> dict[str, Any]:
+    spec_schema = openapi_schema(kind.spec)
+    spec_schema["description"] = kind.spec.__doc__.strip()
+    status_schema = openapi_schema(kind.status)
+    status_schema["description"] = kind.status.__doc__.strip()
     root = {
         "type": "object",
-        "description": " ".join(models.TrainingJob.__doc__.split()),
+        "description": " ".join(kind.root.__doc__.split()),
         "required": ["spec"],
         "properties": {
-            "apiVersion": {"type": "string", "description": "APIVersion: kubetrain.dev/v1alpha1."},
-            "kind": {"type": "string", "description": "Kind: TrainingJob."},
+            "apiVersion": {"type": "string", "description": f"APIVersion: {models.API_VERSION}."},
+            "kind": {"type": "string", "description": f"Kind: {kind.kind}."},
             "metadata": {"type": "object"},
             "spec": spec_schema,
             "status": status_schema,
         },
-        "x-kubernetes-validations": [_name_rule(), *_immutability_rules()],
+        "x-kubernetes-validations": [_name_rule(kind), *_immutability_rules(kind)],
     }
+    subresources: dict[str, Any] = {"status": {}}
+    if kind.scale:
+        subresources["scale"] = dict(kind.scale)
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {
-            "name": f"{models.PLURAL}.{models.GROUP}",
+            "name": f"{kind.plural}.{models.GROUP}",
             "labels": {"app.kubernetes.io/name": "kubetrain", "app.kubernetes.io/part-of": "kubetrain"},
         },
         "spec": {
             "group": models.GROUP,
             "names": {
-                "kind": models.KIND,
-                "listKind": f"{models.KIND}List",
-                "plural": models.PLURAL,
-                "singular": models.KIND.lower(),
-                "shortNames": ["tj"],
+                "kind": kind.kind,
+                "listKind": f"{kind.kind}List",
+                "plural": kind.plural,
+                "singular": kind.kind.lower(),
+                "shortNames": list(kind.short_names),
                 "categories": ["kubetrain"],
             },
             "scope": "Namespaced",
@@ -246,16 +305,8 @@ def build_crd() -> dict[str, Any]:
                     "name": models.VERSION,
                     "served": True,
                     "storage": True,
-                    "subresources": {
-                        "status": {},
-                        # `kubectl scale tj NAME --replicas=N` resizes the elastic range's max.
-                        "scale": {
-                            "specReplicasPath": ".spec.replicas.max",
-                            "statusReplicasPath": ".status.currentReplicas",
-                            "labelSelectorPath": ".status.selector",
-                        },
-                    },
-                    "additionalPrinterColumns": copy.deepcopy(PRINTER_COLUMNS),
+                    "subresources": subresources,
+                    "additionalPrinterColumns": copy.deepcopy(kind.printer_columns),
                     "schema": {"openAPIV3Schema": root},
                 }
             ],
@@ -263,26 +314,27 @@ def build_crd() -> dict[str, Any]:
     }
 
 
-HEADER = "# Generated from operator/kubetrain/api/models.py by `make crds`. Do not edit.\n"
+HEADER = "# Generated from operator/kubetrain/api/ by `make crds`. Do not edit.\n"
 
 
-def render_crd() -> str:
-    return HEADER + yaml.safe_dump(build_crd(), sort_keys=False, width=120)
+def render_crd(kind: Kind = TRAINING_JOB) -> str:
+    return HEADER + yaml.safe_dump(build_crd(kind), sort_keys=False, width=120)
 
 
-CRD_FILE = "kubetrain.dev_trainingjobs.yaml"
+def crd_file(kind: Kind) -> str:
+    return f"{models.GROUP}_{kind.plural}.yaml"
 
 
-def crd_targets(repo_root: Path) -> list[Path]:
-    """Every checked-in copy of the CRD: crds/ and the chart's crds/."""
-    return [repo_root / "crds" / CRD_FILE, repo_root / "charts" / "kubetrain" / "crds" / CRD_FILE]
+def crd_targets(repo_root: Path, kind: Kind = TRAINING_JOB) -> list[Path]:
+    """Every checked-in copy of a kind's CRD: crds/ and the chart's crds/."""
+    name = crd_file(kind)
+    return [repo_root / "crds" / name, repo_root / "charts" / "kubetrain" / "crds" / name]
 
 
 def generated_files(repo_root: Path) -> dict[Path, str]:
     """Every checked-in file generated from the models, with its content now."""
     from kubetrain.api.reference import reference_path, render_reference
 
-    text = render_crd()
-    files = {target: text for target in crd_targets(repo_root)}
+    files = {target: render_crd(kind) for kind in KINDS for target in crd_targets(repo_root, kind)}
     files[reference_path(repo_root)] = render_reference()
     return files

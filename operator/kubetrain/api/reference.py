@@ -1,4 +1,4 @@
-"""Render the TrainingJob field reference (docs/api-reference.md) from the CRD schema."""
+"""Render the field reference of every kind (docs/api-reference.md) from the CRD schemas."""
 
 from __future__ import annotations
 
@@ -33,15 +33,14 @@ def _rows(node: dict[str, Any], path: str, required: set[str]):
         yield from _rows(target, field + ("[]" if target is not child else ""), set(target.get("required", [])))
 
 
-def render_reference() -> str:
-    schema = crd.build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+def _render_kind(kind: crd.Kind) -> list[str]:
+    schema = crd.build_crd(kind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     lines = [
-        "<!-- Generated from operator/kubetrain/api/models.py by `make crds`. Do not edit. -->",
-        "# TrainingJob reference (kubetrain.dev/v1alpha1)",
+        f"# {kind.kind} reference ({crd.models.API_VERSION})",
         "",
         schema["description"],
         "",
-        "`kubectl explain trainingjob.spec.<field>` shows the same descriptions on a cluster.",
+        f"`kubectl explain {kind.kind.lower()}.spec.<field>` shows the same descriptions on a cluster.",
     ]
     for section in ("spec", "status"):
         lines += ["", f"## {section}", "", "| Field | Type | Default | Description |", "| --- | --- | --- | --- |"]
@@ -50,6 +49,13 @@ def render_reference() -> str:
     for path, node in _walk_rules(schema, ""):
         for rule in node.get("x-kubernetes-validations", []):
             lines.append(f"- `{path or '.'}`: {rule['message']}")
+    return lines
+
+
+def render_reference() -> str:
+    lines = ["<!-- Generated from operator/kubetrain/api/ by `make crds`. Do not edit. -->"]
+    for i, kind in enumerate(crd.KINDS):
+        lines += ([""] if i else []) + _render_kind(kind)
     return "\n".join(lines) + "\n"
 
 
