@@ -19,6 +19,14 @@ ANNOTATION_ACCOUNTED = f"{GROUP}/accounted"
 ANNOTATION_RDZV_ID = f"{GROUP}/rendezvous-id"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 
+# A sweep's trials: TrainingJobs named <sweep>-t<number>, whose labels and annotations carry
+# everything the study is rebuilt from after an operator restart.
+LABEL_SWEEP = f"{GROUP}/sweep-name"
+LABEL_TRIAL = f"{GROUP}/trial-number"
+ANNOTATION_TRIAL_PARAMETERS = f"{GROUP}/trial-parameters"  # JSON {name: value}
+ANNOTATION_TRIAL_VALUES = f"{GROUP}/trial-values"  # JSON {step: objective value}, bounded
+ANNOTATION_TRIAL_OUTCOME = f"{GROUP}/trial-outcome"  # "Pruned: <why>" once early stopping ended it
+
 ROLE_WORKER = "worker"
 ROLE_STORE = "rendezvous"
 
@@ -51,3 +59,7 @@ def common_labels(job: str, role: str) -> dict[str, str]:
 
 def worker_selector(job: str) -> str:
     return f"{LABEL_JOB}={job},{LABEL_ROLE}={ROLE_WORKER}"
+
+
+def trial_name(sweep: str, number: int) -> str:
+    return f"{sweep}-t{number}"
