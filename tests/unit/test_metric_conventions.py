@@ -44,7 +44,7 @@ def _trainer_registry() -> CollectorRegistry:
 
 
 def _operator_registry() -> CollectorRegistry:
-    """An operator registry fed the way handlers.reconcile feeds it, so every family has samples."""
+    """An operator registry fed the way reconcile.record_metrics feeds it, so every family has samples."""
     r = CollectorRegistry()
     m = OperatorMetrics(r)
     m.observe("ml", "gpt", Plan(restart_reasons=["NodeLost"], scaling_reason="PartialCapacity"),

@@ -1,4 +1,4 @@
-"""What the operator's metrics record, fed the way handlers.reconcile feeds them (OperatorMetrics.observe)."""
+"""What the operator's metrics record, fed the way reconcile.record_metrics feeds them (OperatorMetrics.observe)."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def test_reconcile_errors_start_at_zero_and_count_each_failure():
     r, m = _metrics()
     # Exported before any error: "no errors" is a 0 on the dashboard, not missing data.
     assert r.get_sample_value("kubetrain_operator_reconcile_errors_total") == 0
-    m.reconcile_errors.inc()  # what handlers.reconcile does when executing a plan raises
+    m.reconcile_errors.inc()  # what reconcile.reconcile_job does when a round raises
     m.reconcile_errors.inc()
     assert r.get_sample_value("kubetrain_operator_reconcile_errors_total") == 2
     # Not per job: a failing API server would otherwise multiply series by jobs.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from kubetrain.api.manifests import parse_trainingjob
-from kubetrain.operator import capacity, handlers, naming, planner
+from kubetrain.operator import capacity, naming, planner, reconcile
 from kubetrain.operator.runtime import JobMemo, OperatorRuntime
 from kubetrain.operator.settings import OperatorConfig
 
@@ -18,11 +18,11 @@ def test_created_pods_count_until_the_index_shows_them_or_they_expire(monkeypatc
                              "spec": {"replicas": {"min": 1, "max": 2}}})
     body = {"metadata": {"name": "j", "namespace": "ns", "uid": "u"}, "status": {}}
     plan = planner.Plan(create_store=True, create_workers=[(0, 0), (1, 0)])
-    assert handlers._reserve(plan, job, "ns", ledger) == ["j-rdzv", "j-w0-0", "j-w1-0"]
+    assert reconcile.reserve(plan, job, "ns", ledger) == ["j-rdzv", "j-w0-0", "j-w1-0"]
     ledger.add("other", "j", "j-w5-0", naming.ROLE_WORKER, 5, 0, 0)  # same job name, another namespace
     shown = {"j-w0-0": planner.PodView.from_body({"metadata": {"name": "j-w0-0", "labels": {}}})}
-    idx = handlers.Indexes(job_pods={("ns", "j"): list(shown.values())}, gpu_nodes={}, gpus_in_use={}, gpus_pending={})
-    observed = handlers._observe(job, body, runtime, idx, JobMemo())
+    idx = reconcile.Indexes(job_pods={("ns", "j"): list(shown.values())}, gpu_nodes={}, gpus_in_use={}, gpus_pending={})
+    observed = reconcile.observe(job, body, runtime, idx, JobMemo())
     assert {(p.name, p.role, p.slot, p.attempt, p.phase) for p in observed.pods if p.name not in shown} == {
         ("j-w1-0", "worker", 1, 0, "Pending"), ("j-rdzv", "rendezvous", 0, 0, "Pending")}
     assert ("ns", "j", "j-w0-0") not in ledger.unseen(lambda *k: False)  # shown once: forgotten
@@ -31,7 +31,7 @@ def test_created_pods_count_until_the_index_shows_them_or_they_expire(monkeypatc
 
 
 class _NoApi:
-    """_observe may look up the Service: say it exists, and nothing else."""
+    """observe may look up the Service: say it exists, and nothing else."""
 
     def service_exists(self, namespace: str, name: str) -> bool:
         return True

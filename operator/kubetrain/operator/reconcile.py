@@ -1,0 +1,325 @@
+"""One level-triggered reconcile of a TrainingJob, in steps: observe, decide, execute, report.
+
+``reconcile_job`` runs them in order under the job's lock. Only ``decide`` chooses
+(``planner.plan``, pure); the others read the watch indexes and the API, write to
+the API, or report: status, Events and metrics. Every step takes the runtime and
+the job's memo as arguments, so each can be run alone with a fake Kube.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from typing import Any
+
+import kopf
+from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
+
+from kubetrain.api.base import format_errors
+from kubetrain.api.models import TrainingJob
+from kubetrain.operator import builders, capacity, naming, planner
+from kubetrain.operator.kube import Kube
+from kubetrain.operator.metrics import OperatorMetrics
+from kubetrain.operator.runtime import JobMemo, OperatorRuntime
+from kubetrain.operator.throughput import ThroughputReader
+
+ACTIVE = ("Running", "Scaling", "Restarting")
+# A transient API error is retried after RETRY_BACKOFF seconds, not Kopf's 60:
+# short enough to recover quickly, long enough never to loop hot.
+RETRY_BACKOFF = 5.0
+EXISTS_TTL = 60.0
+# Posts one Event on the job: kopf.event in the operator, a list's append in a test.
+Post = Callable[..., None]
+
+
+def plain(obj: Any) -> Any:
+    """A deep plain-dict copy of a Kopf body (its views are live and not JSON-friendly)."""
+    if isinstance(obj, dict) or hasattr(obj, "keys"):
+        return {k: plain(obj[k]) for k in obj.keys()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    return obj
+
+
+@dataclass(frozen=True)
+class Indexes:
+    """Kopf's watch-fed indexes a reconcile reads instead of the API."""
+
+    job_pods: kopf.Index
+    gpu_nodes: kopf.Index
+    gpus_in_use: kopf.Index
+    gpus_pending: kopf.Index
+
+    def shows(self, namespace: str, job: str, pod: str) -> bool:
+        return any(v.name == pod for v in self.job_pods.get((namespace, job), []))
+
+
+class CreateRefused(Exception):
+    """The API refused an object we must create, for a reason a retry alone will not fix."""
+
+
+def reconcile_job(body: kopf.Body | dict[str, Any], patch: kopf.Patch, runtime: OperatorRuntime, state: JobMemo,
+                  logger: logging.Logger, idx: Indexes, post: Post = kopf.event) -> None:
+    raw = plain(body)
+    if raw["metadata"].get("deletionTimestamp"):
+        return
+    job = parse(raw, body, patch, post)
+    if job is None or hold_for_queue(raw, job, patch):
+        return
+    with state.lock:
+        started = time.monotonic()
+        # Our last write may not be in this body yet: never step status backwards.
+        raw["status"] = {**(raw.get("status") or {}), **state.status}
+        try:
+            obs = observe(job, raw, runtime, idx, state)
+            result, planned = decide(job, raw, obs, idx, runtime.reservations)
+            refused = execute_or_refused(result, planned, job, raw, runtime, state)
+        except ApiException as exc:
+            runtime.metrics.reconcile_errors.inc()
+            if exc.status == 403 and "NamespaceTerminating" in (exc.body or ""):
+                return  # the namespace, and the job with it, is going away
+            # Transient API trouble (throttling, conflicts, a restarting apiserver): retry, say why, no traceback.
+            raise kopf.TemporaryError(f"Kubernetes API answered {exc.status} {exc.reason}; retrying", delay=RETRY_BACKOFF) from None
+        except Exception:
+            runtime.metrics.reconcile_errors.inc()
+            raise
+        planner.record_create_failure(result, raw["status"], refused, obs.now)
+        reflect_throughput(job, raw, obs, result, runtime.throughput)
+        record_metrics(job, raw, result, state, runtime.metrics, started)
+        write_status(raw, result, patch, state)
+        for etype, reason, message in result.events:
+            post(body, type=etype, reason=reason, message=message)
+        if result.delete_job:
+            logger.info("ttlSecondsAfterFinished elapsed: deleted the job")
+
+
+def parse(raw: dict[str, Any], body: Any, patch: kopf.Patch, post: Post) -> TrainingJob | None:
+    """The job's spec as models, or None after saying (once) in its status why it is not valid."""
+    try:
+        return TrainingJob.model_validate({k: v for k, v in raw.items() if k != "status"}
+                                          | {"metadata": {"name": raw["metadata"]["name"], "namespace": raw["metadata"]["namespace"]}})
+    except ValidationError as exc:
+        # Passed the CRD but not the models (e.g. an older CRD): say so once, never crash or loop.
+        message = "; ".join(format_errors(exc))
+        if (raw.get("status") or {}).get("phase") != "Failed":
+            patch.status.update(phase="Failed", conditions=[{"type": "Failed", "status": "True", "reason": "InvalidSpec",
+                                                              "message": message[:32768], "lastTransitionTime": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}])
+            post(body, type="Warning", reason="InvalidSpec", message=message[:1024])
+        return None
+
+
+def _queued(body: dict[str, Any], job: TrainingJob) -> bool:
+    labels = body["metadata"].get("labels") or {}
+    return naming.KUEUE_QUEUE_LABEL in labels or bool(job.spec.scheduling.queue_name)
+
+
+def hold_for_queue(raw: dict[str, Any], job: TrainingJob, patch: kopf.Patch) -> bool:
+    """A new job for a Kueue queue starts suspended, as Kueue's webhook does for its own kinds; Kueue
+    admits it by unsuspending. True when this round only did that."""
+    if not (_queued(raw, job) and not (raw.get("status") or {}).get("phase") and not job.spec.suspend):
+        return False
+    patch.spec["suspend"] = True
+    if job.spec.scheduling.queue_name:
+        patch.metadata.setdefault("labels", {})[naming.KUEUE_QUEUE_LABEL] = job.spec.scheduling.queue_name
+    return True
+
+
+def observe(job: TrainingJob, body: dict[str, Any], runtime: OperatorRuntime, idx: Indexes, state: JobMemo) -> planner.Observed:
+    """The job's pods (indexed, plus those created but not indexed yet), the objects they need, the nodes."""
+    ns, name = body["metadata"]["namespace"], job.metadata.name
+    kube = runtime.kube
+    pods = []
+    for view in idx.job_pods.get((ns, name), []):
+        if view.name in state.released:
+            # Our own release is not in the index yet: do not count it twice.
+            view = planner.PodView(**{**view.__dict__, "accounted": True, "tracked": False})
+        pods.append(view)
+    now = datetime.now(timezone.utc)
+    pods += [planner.just_created(pod, r.role, r.slot, r.attempt, now)
+             for (r_ns, r_job, pod), r in runtime.reservations.unseen(idx.shows).items() if (r_ns, r_job) == (ns, name)]
+    nodes = [n for store in idx.gpu_nodes.values() for n in store]
+    # A job that trains has its Service, claims and ConfigMaps: no reads while it runs.
+    settled = (body.get("status") or {}).get("phase") == "Running"
+    missing = tuple(
+        (kind, obj, path) for kind, obj, path in builders.referenced_objects(job)
+        if not cached_exists(state, f"{kind}/{obj}", lambda: kube.object_exists(kind, ns, obj), settled)
+    )
+    return planner.Observed(
+        pods=pods,
+        now=now,
+        service_exists=cached_exists(state, "service", lambda: kube.service_exists(ns, naming.store_name(name)), settled),
+        fits_anywhere=capacity.fits_anywhere(job.spec, nodes) if nodes else job.spec.container.gpus_per_replica == 0,
+        missing=missing,
+        admitted=not _queued(body, job) or not job.spec.suspend,
+    )
+
+
+def cached_exists(state: JobMemo, key: str, look: Callable[[], bool], settled: bool) -> bool:
+    """Whether an object exists. A yes is trusted while the job is ``settled`` (it trains) and
+    for EXISTS_TTL seconds otherwise; a no is looked up again each round.
+
+    The Service and the checkpoint claim rarely go away: no reads while the job runs,
+    one a minute while it starts or recovers, yet a Service deleted by hand is recreated.
+    """
+    seen = state.exists
+    now = time.monotonic()
+    if key in seen and (settled or seen[key] + EXISTS_TTL > now):
+        return True
+    if look():
+        seen[key] = now
+        return True
+    seen.pop(key, None)
+    return False
+
+
+def decide(job: TrainingJob, body: dict[str, Any], obs: planner.Observed, idx: Indexes,
+           reservations: capacity.Reservations) -> tuple[planner.Plan, list[str]]:
+    """The plan, and the names of the pods it creates, now in the reservation ledger.
+
+    A GPU job decides under the ledger's lock, from reading capacity to reserving what it
+    creates: two jobs deciding at once never count the same free GPUs.
+    """
+    with reservations.lock if job.spec.container.gpus_per_replica else nullcontext():
+        obs = replace(obs, placeable=placeable(job, idx, reservations))
+        result = planner.plan(job, body, obs)
+        return result, reserve(result, job, body["metadata"]["namespace"], reservations)
+
+
+def placeable(job: TrainingJob, idx: Indexes, reservations: capacity.Reservations) -> int | None:
+    """Replicas that fit now, after every pod created but not bound yet (call under reservations.lock)."""
+    nodes = [n for store in idx.gpu_nodes.values() for n in store]
+    used = {node: sum(store) for node, store in idx.gpus_in_use.items()}
+    pending = [g for store in idx.gpus_pending.values() for g in store] + [r.gpus for r in reservations.unseen(idx.shows).values()]
+    return capacity.placeable_replicas(job.spec, nodes, used, pending)
+
+
+def reserve(plan: planner.Plan, job: TrainingJob, ns: str, reservations: capacity.Reservations) -> list[str]:
+    """Put the pods ``plan`` creates in the ledger (see capacity.Reservations); their names."""
+    name = job.metadata.name
+    pods = [(naming.store_name(name), naming.ROLE_STORE, 0, 0, 0)] if plan.create_store else []
+    pods += [(naming.worker_pod_name(name, s, a), naming.ROLE_WORKER, s, a, job.spec.container.gpus_per_replica)
+             for s, a in plan.create_workers]
+    for pod, role, slot, attempt, gpus in pods:
+        reservations.add(ns, name, pod, role, slot, attempt, gpus)
+    return [pod for pod, *_ in pods]
+
+
+def execute_or_refused(plan: planner.Plan, planned: list[str], job: TrainingJob, body: dict[str, Any],
+                       runtime: OperatorRuntime, state: JobMemo) -> str | None:
+    """Carry out ``plan``; why the API refused a create, if it did (said in status, tried again next round).
+
+    When a call fails, the pods ``planned`` leave the ledger: what is not created must not hold GPUs.
+    """
+    try:
+        execute(plan, job, body, runtime, state)
+    except (ApiException, CreateRefused) as exc:
+        for pod in planned:
+            runtime.reservations.discard(body["metadata"]["namespace"], job.metadata.name, pod)
+        if isinstance(exc, CreateRefused):
+            runtime.metrics.reconcile_errors.inc()
+            return str(exc)
+        raise
+    return None
+
+
+def execute(plan: planner.Plan, job: TrainingJob, body: dict[str, Any], runtime: OperatorRuntime, state: JobMemo) -> None:
+    ns, kube, build = body["metadata"]["namespace"], runtime.kube, runtime.config.build
+    if plan.create_service:
+        _create(kube, builders.store_service(job, body))
+        state.exists["service"] = time.monotonic()
+    if plan.create_store:
+        _create(kube, builders.store_pod(job, body, build))
+    for slot, attempt in plan.create_workers:
+        _create(kube, builders.worker_pod(job, body, slot, attempt, build))
+    raced: set[str] = set()
+    for name in dict.fromkeys(plan.release):
+        # Only a done release hides the pod from the next round. One that raced a change
+        # is neither deleted nor hidden now: deleted unaccounted, it would count as a failure.
+        if kube.release(ns, name):
+            state.released.add(name)
+        else:
+            raced.add(name)
+    for name in dict.fromkeys(plan.delete):
+        if name not in raced:
+            kube.delete_pod(ns, name)
+    if plan.delete_job:
+        kube.delete_job(ns, job.metadata.name)
+
+
+def _create(kube: Kube, manifest: dict[str, Any]) -> None:
+    try:
+        kube.create(manifest)
+    except ApiException as exc:
+        # 403: quota or Pod Security admission; 422: a field the apiserver refuses.
+        if exc.status in (403, 422) and "NamespaceTerminating" not in (exc.body or ""):
+            raise CreateRefused(f"creating {manifest['kind']} {manifest['metadata']['name']}: {_api_message(exc)}") from None
+        raise
+
+
+def _api_message(exc: ApiException) -> str:
+    try:
+        return json.loads(exc.body)["message"]
+    except (TypeError, ValueError, KeyError):
+        return f"{exc.status} {exc.reason}"
+
+
+def reflect_throughput(job: TrainingJob, raw: dict[str, Any], obs: planner.Observed, result: planner.Plan,
+                       reader: ThroughputReader) -> None:
+    """Copy the job's latest throughput into its status, so `kubectl get tj` shows it."""
+    key = (raw["metadata"]["namespace"], job.metadata.name)
+    port = job.spec.metrics.port
+    urls = [
+        f"http://{p.body['status']['podIP']}:{port}/metrics"
+        for p in obs.pods
+        if p.role == naming.ROLE_WORKER and p.ready and (p.body.get("status") or {}).get("podIP")
+    ] if job.spec.metrics.enabled else []
+    reader.register_pods(key, urls)
+    figures = reader.get(key)
+    if figures is not None and result.status.get("phase") in ACTIVE:
+        result.status["throughput"] = figures.status()
+
+
+def record_metrics(job: TrainingJob, raw: dict[str, Any], result: planner.Plan, state: JobMemo, metrics: OperatorMetrics,
+                   started: float) -> None:
+    now = time.monotonic()
+    elapsed = now - (state.last_reconcile if state.last_reconcile is not None else now)
+    state.last_reconcile = now
+    first_running_after = None
+    if result.first_running and not state.ran:
+        state.ran = True
+        created = datetime.fromisoformat(raw["metadata"]["creationTimestamp"].replace("Z", "+00:00"))
+        first_running_after = (datetime.now(timezone.utc) - created).total_seconds()
+    metrics.observe(raw["metadata"]["namespace"], job.metadata.name, result, result.status,
+                    job.spec.container.gpus_per_replica, elapsed, first_running_after, trainer_metrics=job.spec.metrics.enabled)
+    metrics.reconcile.observe(now - started)
+
+
+def write_status(raw: dict[str, Any], result: planner.Plan, patch: kopf.Patch, state: JobMemo) -> None:
+    """Patch only the status fields that changed, and remember them (see ``JobMemo.status``)."""
+    changes = {k: v for k, v in result.status.items() if raw["status"].get(k) != v}
+    if changes:
+        patch.status.update(changes)
+        state.status.update(changes)
+
+
+def finalize(runtime: OperatorRuntime, namespace: str, name: str) -> None:
+    """A job is being deleted: release its pods' tracking finalizers so garbage collection can finish."""
+    kube = runtime.kube
+    for pod in kube.job_pods(namespace, name):
+        kube.release(namespace, pod["metadata"]["name"])
+        kube.delete_pod(namespace, pod["metadata"]["name"])
+    runtime.forget(namespace, name)
+
+
+def release_orphan(runtime: OperatorRuntime, namespace: str, pod: str, job: str) -> bool:
+    """Release a terminating pod whose job is gone (it can never be accounted for); whether it was."""
+    if runtime.kube.job_exists(namespace, job):
+        return False
+    runtime.kube.release(namespace, pod)
+    return True

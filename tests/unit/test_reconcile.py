@@ -1,0 +1,209 @@
+"""The reconcile's steps against a fake Kube and a runtime built for the test: no cluster, no patched globals."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import kopf
+import pytest
+from kubernetes.client.exceptions import ApiException
+
+from kubetrain.api.manifests import parse_trainingjob
+from kubetrain.operator import naming, planner, reconcile
+from kubetrain.operator.reconcile import Indexes
+from kubetrain.operator.runtime import JobMemo, OperatorRuntime
+from kubetrain.operator.settings import OperatorConfig
+
+LOG = logging.getLogger("test")
+
+
+class FakeKube:
+    """Records every write; ``refuse`` makes creates fail with that ApiException."""
+
+    def __init__(self, refuse: ApiException | None = None, raced: frozenset[str] = frozenset()):
+        self.refuse, self.raced = refuse, raced
+        self.created: list[str] = []
+        self.released: list[str] = []
+        self.deleted: list[str] = []
+        self.pods: list[dict] = []
+
+    def create(self, manifest: dict) -> bool:
+        if self.refuse is not None:
+            raise self.refuse
+        self.created.append(f"{manifest['kind']}/{manifest['metadata']['name']}")
+        return True
+
+    def release(self, namespace: str, name: str) -> bool:
+        if name in self.raced:
+            return False
+        self.released.append(name)
+        return True
+
+    def delete_pod(self, namespace: str, name: str) -> None:
+        self.deleted.append(name)
+
+    def delete_job(self, namespace: str, name: str) -> None:
+        self.deleted.append(f"job/{name}")
+
+    def service_exists(self, namespace: str, name: str) -> bool:
+        return any(c == f"Service/{name}" for c in self.created)
+
+    def object_exists(self, kind: str, namespace: str, name: str) -> bool:
+        return True
+
+    def job_exists(self, namespace: str, name: str) -> bool:
+        return False
+
+    def job_pods(self, namespace: str, job: str) -> list[dict]:
+        return self.pods
+
+    def close(self) -> None:
+        pass
+
+
+def _api_error(status: int, message: str = "", reason: str = "") -> ApiException:
+    exc = ApiException(status=status, reason=reason or "Error")
+    exc.body = json.dumps({"message": message, "reason": reason})
+    return exc
+
+
+def _body(spec: dict | None = None, **meta) -> dict:
+    return {"apiVersion": "kubetrain.dev/v1alpha1", "kind": "TrainingJob",
+            "metadata": {"name": "j", "namespace": "ns", "uid": "u-1", "creationTimestamp": "2026-01-01T00:00:00Z", **meta},
+            "spec": {"replicas": {"min": 1, "max": 2}, **(spec or {})}}
+
+
+NO_PODS = Indexes(job_pods={}, gpu_nodes={}, gpus_in_use={}, gpus_pending={})
+
+
+def _run(runtime: OperatorRuntime, state: JobMemo, body: dict, idx: Indexes = NO_PODS) -> tuple[kopf.Patch, list[tuple[str, str]]]:
+    patch, events = kopf.Patch(), []
+    reconcile.reconcile_job(body, patch, runtime, state, LOG, idx,
+                            post=lambda _body, *, type, reason, message: events.append((type, reason)))
+    return patch, events
+
+
+def _runtime(kube: FakeKube) -> OperatorRuntime:
+    return OperatorRuntime(OperatorConfig(metrics_port=0), kube)
+
+
+def _errors(runtime: OperatorRuntime) -> float:
+    return runtime.registry.get_sample_value("kubetrain_operator_reconcile_errors_total")
+
+
+def test_a_new_job_gets_its_store_and_workers_once_and_status_only_on_a_change():
+    kube = FakeKube()
+    runtime, state = _runtime(kube), JobMemo()
+    patch, events = _run(runtime, state, _body())
+    assert kube.created == ["Service/j-rdzv", "Pod/j-rdzv", "Pod/j-w0-0", "Pod/j-w1-0"]
+    assert patch["status"]["phase"] == "Pending" and state.status == patch["status"]
+    assert ("Normal", "Starting") in events
+    assert runtime.registry.get_sample_value("kubetrain_operator_job_phase", {"namespace": "ns", "job": "j", "phase": "Pending"}) == 1
+    # The watch has not delivered the pods yet: the ledger counts them, nothing is created twice,
+    # and a status that did not change is not patched again.
+    patch, events = _run(runtime, state, _body())
+    assert kube.created == ["Service/j-rdzv", "Pod/j-rdzv", "Pod/j-w0-0", "Pod/j-w1-0"]
+    assert "status" not in patch and events == []
+
+
+def test_a_refused_create_is_said_in_status_and_frees_its_reservations():
+    kube = FakeKube(refuse=_api_error(403, 'pods "j-rdzv" is forbidden: exceeded quota', "Forbidden"))
+    runtime, state = _runtime(kube), JobMemo()
+    patch, events = _run(runtime, state, _body())
+    assert ("Warning", "FailedCreate") in events
+    assert "exceeded quota" in json.dumps(patch["status"])
+    assert runtime.reservations.unseen(lambda *k: False) == {} and _errors(runtime) == 1
+
+
+def test_transient_api_trouble_is_retried_after_the_backoff_and_frees_reservations():
+    runtime = _runtime(FakeKube(refuse=_api_error(500, reason="InternalError")))
+    with pytest.raises(kopf.TemporaryError) as info:
+        _run(runtime, JobMemo(), _body())
+    assert info.value.delay == reconcile.RETRY_BACKOFF
+    assert runtime.reservations.unseen(lambda *k: False) == {} and _errors(runtime) == 1
+
+
+def test_a_terminating_namespace_ends_the_round_quietly():
+    runtime = _runtime(FakeKube(refuse=_api_error(403, "namespace ns is being terminated", "NamespaceTerminating")))
+    patch, events = _run(runtime, JobMemo(), _body())
+    assert "status" not in patch and events == []
+
+
+def test_an_invalid_spec_fails_the_job_once():
+    runtime = _runtime(FakeKube())
+    body = _body({"replicas": {"min": 3, "max": 2}})
+    patch, events = _run(runtime, JobMemo(), body)
+    assert patch["status"]["phase"] == "Failed" and patch["status"]["conditions"][0]["reason"] == "InvalidSpec"
+    assert events == [("Warning", "InvalidSpec")]
+    patch, events = _run(runtime, JobMemo(), body | {"status": {"phase": "Failed"}})
+    assert dict(patch) == {} and events == []
+
+
+def test_a_queued_job_starts_suspended_and_waits_for_kueue():
+    kube = FakeKube()
+    patch, _ = _run(_runtime(kube), JobMemo(), _body({"scheduling": {"queueName": "team-a"}}))
+    assert patch["spec"] == {"suspend": True}
+    assert patch["metadata"]["labels"] == {naming.KUEUE_QUEUE_LABEL: "team-a"} and kube.created == []
+
+
+def test_a_job_being_deleted_is_left_alone():
+    kube = FakeKube()
+    patch, _ = _run(_runtime(kube), JobMemo(), _body(deletionTimestamp="2026-01-01T00:00:01Z"))
+    assert dict(patch) == {} and kube.created == []
+
+
+def test_a_release_that_raced_a_change_neither_deletes_nor_hides_the_pod():
+    kube = FakeKube(raced=frozenset({"j-w1-0"}))
+    state = JobMemo()
+    job = parse_trainingjob(_body())
+    plan = planner.Plan(release=["j-w0-0", "j-w1-0"], delete=["j-w0-0", "j-w1-0"])
+    reconcile.execute(plan, job, _body(), _runtime(kube), state)
+    assert kube.released == ["j-w0-0"] and kube.deleted == ["j-w0-0"] and state.released == {"j-w0-0"}
+
+
+def test_a_released_pod_counts_as_accounted_until_the_index_shows_the_release():
+    state = JobMemo(released={"j-w0-0"})
+    view = planner.PodView.from_body({"metadata": {"name": "j-w0-0", "labels": {naming.LABEL_ROLE: naming.ROLE_WORKER}}})
+    idx = Indexes(job_pods={("ns", "j"): [view]}, gpu_nodes={}, gpus_in_use={}, gpus_pending={})
+    obs = reconcile.observe(parse_trainingjob(_body()), _body(), _runtime(FakeKube()), idx, state)
+    assert [(p.name, p.accounted, p.tracked) for p in obs.pods] == [("j-w0-0", True, False)]
+
+
+def test_an_existing_object_is_trusted_while_the_job_trains_and_for_a_ttl_otherwise(monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr(reconcile.time, "monotonic", lambda: clock[0])
+    looks = []
+    answer = [True]
+
+    def look() -> bool:
+        looks.append(clock[0])
+        return answer[0]
+
+    state = JobMemo()
+    assert reconcile.cached_exists(state, "service", look, settled=False) and looks == [1000.0]
+    clock[0] += reconcile.EXISTS_TTL - 1
+    assert reconcile.cached_exists(state, "service", look, settled=False) and len(looks) == 1
+    clock[0] += 2
+    assert reconcile.cached_exists(state, "service", look, settled=True) and len(looks) == 1  # training: trusted
+    answer[0] = False
+    assert not reconcile.cached_exists(state, "service", look, settled=False) and len(looks) == 2
+    assert not reconcile.cached_exists(state, "service", look, settled=True) and len(looks) == 3  # a no: asked each round
+
+
+def test_finalize_releases_and_deletes_every_pod_and_forgets_the_job():
+    kube = FakeKube()
+    kube.pods = [{"metadata": {"name": "j-w0-0"}}, {"metadata": {"name": "j-rdzv"}}]
+    runtime = _runtime(kube)
+    _run(runtime, JobMemo(), _body())
+    assert runtime.registry.get_sample_value("kubetrain_operator_job_phase", {"namespace": "ns", "job": "j", "phase": "Pending"}) == 1
+    reconcile.finalize(runtime, "ns", "j")
+    assert kube.released == ["j-w0-0", "j-rdzv"] and kube.deleted == ["j-w0-0", "j-rdzv"]
+    assert runtime.registry.get_sample_value("kubetrain_operator_job_phase", {"namespace": "ns", "job": "j", "phase": "Pending"}) is None
+
+
+def test_an_orphan_is_released_only_when_its_job_is_gone():
+    kube = FakeKube()
+    assert reconcile.release_orphan(_runtime(kube), "ns", "j-w0-0", "j") and kube.released == ["j-w0-0"]
+    kube.job_exists = lambda namespace, name: True
+    assert not reconcile.release_orphan(_runtime(kube), "ns", "j-w1-0", "j") and kube.released == ["j-w0-0"]
