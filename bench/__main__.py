@@ -20,7 +20,7 @@ from pathlib import Path
 from bench.common import REPO, RESULTS, fmt, fmt_spread, load_average, md_table, now_utc, stamp_lines
 
 # In the order they run: the trainer figures first (they need only torch), then the control plane.
-BENCHMARKS = ["trainer_overhead", "trainer_modes", "trainer_elastic", "control_plane"]
+BENCHMARKS = ["trainer_overhead", "trainer_modes", "trainer_elastic", "scheduling", "control_plane"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,6 +92,14 @@ def _headlines(docs: dict[str, dict]) -> list[list[str]]:
                 what = "Node loss → first step at the smaller world" if ev == "node_loss" else "Scale-up → first step at the larger world"
                 rows.append([f"{what} ({profile} rendezvous settings)", fmt_spread(a["seconds"], " s"),
                              f"{a['seconds']['n']} cycles", "trainer_elastic.md"])
+    d = docs.get("scheduling")
+    if d and d["results"].get("headline"):
+        h, ar = d["results"]["headline"], d["results"]["allocator_rounds"]
+        rows.append(["Goodput-aware elastic scheduling: average JCT vs rigid FIFO / Tiresias-like, Pollux's 8 workloads "
+                     f"(simulated, 64 GPUs); allocator round at {ar['jobs']:,} jobs",
+                     f"{fmt(h['elastic_vs_fifo'], '%')} / {fmt(h['elastic_vs_tiresias_like'], '%')}; "
+                     f"{fmt(ar['steady']['median'], ' s')}",
+                     f"{len(d['params']['workloads'])} workloads", "scheduling.md"])
     d = docs.get("control_plane")
     if d and d["results"].get("by_size"):
         by = d["results"]["by_size"]

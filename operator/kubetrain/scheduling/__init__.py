@@ -1,0 +1,15 @@
+"""Goodput-aware elastic scheduling across jobs: the pure core (issue 14).
+
+Nothing here imports Kubernetes or torch, so the operator, the trace-driven
+simulator (``bench/scheduling_sim.py``) and the unit tests run the same code:
+
+- ``throughput_model``: step time against replicas, nodes spanned and per-replica
+  batch (Pollux's model form), fitted from observed step times;
+- ``efficiency``: statistical efficiency of a batch size from the gradient noise scale;
+- ``goodput``: throughput x efficiency at each candidate replica count of one job;
+- ``allocator``: replicas for every job from min to max, maximising a fairness-weighted
+  sum of speedups with a restart penalty (plain dataclasses in and out);
+- ``placement``: which nodes hold a job's replicas (packing, for the simulator).
+
+Not wired into the operator yet: see docs/scheduling.md.
+"""

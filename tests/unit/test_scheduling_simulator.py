@@ -1,0 +1,79 @@
+"""The trace-driven simulator (bench/scheduling_sim.py) on a tiny synthetic trace, and node packing."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from bench.scheduling_sim import POLICIES, Simulator, load_app  # noqa: E402
+from kubetrain.scheduling.placement import place  # noqa: E402
+
+# (name, arrival s, model, requested replicas, requested batch): small real models of Pollux's data.
+TRACE = [
+    ("ncf-0", 0.0, "ncf", 1, 32768),
+    ("cifar10-1", 30.0, "cifar10", 4, 1024),
+    ("ncf-2", 90.0, "ncf", 1, 32768),
+    ("cifar10-3", 200.0, "cifar10", 2, 512),
+    ("ncf-4", 400.0, "ncf", 2, 32768),
+]
+
+
+def run(policy: str, trace=TRACE, **kw) -> dict:
+    return Simulator(list(trace), policy, nodes=2, gpus_per_node=4, **kw).run()
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_every_job_finishes_and_the_books_balance(policy):
+    r = run(policy)
+    assert r["finished"] == r["jobs"] == len(TRACE)
+    assert 0 < r["gpu_utilisation"] <= 1.0 + 1e-9
+    assert 0 < r["goodput_utilisation"] <= r["gpu_utilisation"]
+    assert r["p99_jct"] >= r["avg_jct"] > 0
+    assert r["makespan"] >= r["p99_jct"]
+    if policy == "fifo":
+        assert r["restarts_per_job"] == 0
+    if policy == "elastic":
+        assert r["rounds"] > 0  # the allocator really ran
+
+
+def test_deterministic():
+    a, b = run("elastic"), run("elastic")
+    # Everything but the allocator's wall time, which is measured.
+    for k in set(a) - {"round_seconds_median", "round_seconds_max"}:
+        assert a[k] == b[k], k
+
+
+def test_a_lone_elastic_job_grows_and_beats_its_rigid_self():
+    lone = [("cifar10-0", 0.0, "cifar10", 1, 256)]
+    elastic, fifo = run("elastic", lone), run("fifo", lone)
+    assert elastic["avg_jct"] < fifo["avg_jct"]
+    assert elastic["gpu_utilisation"] > fifo["gpu_utilisation"]
+
+
+def test_restart_time_is_charged():
+    slow, fast = run("elastic", restart=250.0), run("elastic", restart=0.0)
+    assert slow["lost_seconds_per_job"] > fast["lost_seconds_per_job"] == 0.0
+    assert slow["avg_jct"] > fast["avg_jct"]
+
+
+def test_measured_models_load_with_their_noise_scale():
+    app = load_app("cifar10")
+    assert app.base_batch == 128 and app.max_batch == 4096
+    assert app.fit_rms_log_error < 0.2
+    # The noise scale grows as training goes on (big batches pay off late), per Pollux's data.
+    assert app.noise_scale(app.total_progress * 0.9) > app.noise_scale(0.0)
+
+
+def test_place_packs_keeps_and_refuses():
+    got = place({"a": 3, "b": 4, "c": 1}, {}, nodes=2, gpus_per_node=4)
+    assert got["b"] == {0: 4} and len(got["a"]) == 1 and sum(got["c"].values()) == 1
+    # An unchanged job keeps its nodes; a bigger one spans the emptiest nodes.
+    again = place({"a": 3, "d": 5}, {"a": got["a"]}, nodes=3, gpus_per_node=4)
+    assert again["a"] == got["a"] and sum(again["d"].values()) == 5 and len(again["d"]) == 2
+    with pytest.raises(ValueError):
+        place({"a": 9}, {}, nodes=2, gpus_per_node=4)
