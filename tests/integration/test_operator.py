@@ -76,6 +76,8 @@ def operator(cluster, tmp_path_factory) -> Iterator[Operator]:
     op.stop()
     # The operator must never crash: its log has no traceback from a handler.
     assert "Traceback" not in op.log.read_text(), op.logs()
+    # SIGTERM ran the cleanup handler: what startup started is stopped.
+    assert "kubetrain operator stopped" in op.log.read_text(), op.logs()
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import urllib.error
 import urllib.request
 
@@ -44,7 +45,7 @@ def test_cleanup_stops_the_reader_the_metrics_server_and_the_api_client():
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
             assert b"kubetrain_operator_reconcile_errors_total" in resp.read()
     finally:
-        handlers.stop(memo=kopf.Memo(runtime=runtime))
+        handlers.stop(memo=kopf.Memo(runtime=runtime), logger=logging.getLogger("test"))
     # The reader waits an hour between reads: stop must wake it, not wait it out.
     assert not runtime.throughput.running and kube.closed
     with pytest.raises(urllib.error.URLError):
@@ -53,7 +54,7 @@ def test_cleanup_stops_the_reader_the_metrics_server_and_the_api_client():
 
 
 def test_cleanup_after_a_failed_startup_has_nothing_to_stop():
-    handlers.stop(memo=kopf.Memo())
+    handlers.stop(memo=kopf.Memo(), logger=logging.getLogger("test"))
 
 
 def test_every_job_sees_the_operator_runtime_but_keeps_its_own_state():

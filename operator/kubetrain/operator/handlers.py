@@ -65,9 +65,10 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.
 
 
 @kopf.on.cleanup()
-def stop(memo: kopf.Memo, **_: Any) -> None:
+def stop(memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
     if RUNTIME_KEY in memo:  # absent when startup failed before building it
         OperatorRuntime.of(memo).stop()
+        logger.info("kubetrain operator stopped: throughput reader, /metrics server and API client closed")
 
 
 def _gpu_resource(memo: kopf.Memo) -> str:
