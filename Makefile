@@ -89,5 +89,5 @@ chart-docs: $(STAMP) ## Regenerate the values table in docs/helm.md from charts/
 	$(PY) tests/support/chart.py
 
 .PHONY: bench
-bench: tools ## Run every benchmark (~30 min on 2 cores) into bench/results/; BENCH_ARGS=--quick for a smoke run
+bench: tools ## Run every benchmark (~1.5 h on 2 cores) into bench/results/; BENCH_ARGS=--quick for a smoke run
 	$(PY) -m bench $(BENCH_ARGS)

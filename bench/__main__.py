@@ -20,7 +20,7 @@ from pathlib import Path
 from bench.common import REPO, RESULTS, fmt, fmt_spread, load_average, md_table, now_utc, stamp_lines
 
 # In the order they run: the trainer figures first (they need only torch), then the control plane.
-BENCHMARKS = ["trainer_overhead", "trainer_modes", "trainer_elastic", "scheduling", "control_plane"]
+BENCHMARKS = ["trainer_overhead", "trainer_modes", "compression_loss", "trainer_elastic", "scheduling", "control_plane"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,6 +84,14 @@ def _headlines(docs: dict[str, dict]) -> list[list[str]]:
             if key in m:
                 rows.append([f"{label} precision: step time vs fp32 (DDP, {d['results']['device']})",
                              fmt_spread(m[key]["relative_to_fp32"], "x"), f"{d['params']['rounds']} rounds", "trainer_modes.md"])
+    d = docs.get("compression_loss")
+    if d and d["results"].get("modes"):
+        m, p = d["results"]["modes"], d["params"]
+        for key in _compression_headline_keys(d["results"]):
+            rows.append([f"Gradient compression {m[key]['label']}: loss cost vs none after {p['steps']} steps (builtin:gpt, "
+                         f"{len(p['seeds'])} seeds); bytes saved over the job",
+                         f"{fmt_spread(m[key]['loss_cost'], '%')}; {m[key]['saving']:.1f}× fewer bytes",
+                         f"{m[key]['loss_cost']['n']} seeds", "compression_loss.md"])
     d = docs.get("trainer_elastic")
     if d and d["results"].get("summary"):
         for key, a in d["results"]["summary"].items():
@@ -116,6 +124,18 @@ def _headlines(docs: dict[str, dict]) -> list[list[str]]:
                              f"{med('cpu_burst', ' s')}; {med('requests_per_job')}",
                              f"{a['repetitions']} reps (median)", "control_plane.md"])
     return rows
+
+
+def _compression_headline_keys(res: dict) -> list[str]:
+    """fp16, then the PowerSGD defaults' row if this run has it, else the best trade-offs it found."""
+    from kubetrain.contract import TrainerContract
+
+    m = res["modes"]
+    keys = [k for k in ("fp16", "bf16") if k in m]
+    default = [k for k, v in m.items() if v.get("rank") == TrainerContract.powersgd_rank and v.get("error_feedback")
+               and v.get("warm_start") and v.get("start_fraction") == TrainerContract.powersgd_start_fraction]
+    to = res.get("trade_off", {})
+    return keys + (default or [k for k in dict.fromkeys([to.get("best_cost_at_saving"), to.get("best_saving_at_cost")]) if k])
 
 
 def render_all(out: Path) -> None:

@@ -62,6 +62,23 @@ RESULTS = {
             "refused": {"type": "object", "additionalProperties": {"type": "string"}},
         },
     },
+    "compression_loss": {
+        "type": "object",
+        "required": ["modes", "goal", "trade_off", "window", "world_size"],
+        "properties": {
+            "modes": {"type": "object", "minProperties": 1, "additionalProperties": {
+                "type": "object",
+                "required": ["label", "runs", "loss_cost", "final_loss", "curve_relative", "curve_steps", "reached",
+                             "steps_to_reference", "bytes_per_step_mean", "bytes_per_step_compressed", "saving", "meets_goal"],
+                "properties": {"loss_cost": SUMMARY, "final_loss": SUMMARY, "steps_to_reference": SUMMARY,
+                               "time_to_reference_relative": SUMMARY, "bytes_per_step_mean": NUM, "saving": NUM,
+                               "curve_relative": {"type": "array", "items": NUM}, "meets_goal": {"type": "boolean"},
+                               "runs": {"type": "array", "minItems": 1, "items": {
+                                   "type": "object", "required": ["seed", "final_loss", "loss_cost", "steps_to_reference"]}}},
+            }},
+            "trade_off": {"type": "object", "required": ["meeting_goal", "best_cost_at_saving", "best_saving_at_cost"]},
+        },
+    },
     "trainer_elastic": {
         "type": "object",
         "required": ["events", "summary"],

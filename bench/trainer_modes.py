@@ -54,6 +54,33 @@ def _nproc() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 2
 
 
+def launch_modes_worker(name: str, spec: dict, nproc: int, omp_num_threads: int) -> tuple[dict | None, str, float]:
+    """One ``torchrun`` launch of modes_worker.py over ``spec``: (its output, or None and the log's tail; seconds).
+
+    Shared by every benchmark that trains many configurations: one launch amortises the process
+    start and the rendezvous over all of them. The worker's per-mode progress lines are echoed.
+    """
+    with tempfile.TemporaryDirectory(prefix=f"kubetrain-bench-{name}-") as tmp:
+        spec_path, out_path, log_path = Path(tmp) / "spec.json", Path(tmp) / "out.json", Path(tmp) / "worker.log"
+        spec_path.write_text(json.dumps(spec))
+        env = dict(os.environ, OMP_NUM_THREADS=str(omp_num_threads), PYTHONUNBUFFERED="1")
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO / "trainer-image"), str(REPO / "operator"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "--max-restarts=0",
+               str(REPO / "bench" / "modes_worker.py"), str(spec_path), str(out_path)]
+        t0 = time.monotonic()
+        with log_path.open("w") as fh:
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp)
+            for line in proc.stdout:  # type: ignore[union-attr]
+                fh.write(line)
+                if line.startswith("round "):
+                    print(f"[{name}] {line.rstrip()}", file=sys.stderr, flush=True)
+            proc.wait()
+        seconds = round(time.monotonic() - t0, 1)
+        if proc.returncode != 0 or not out_path.exists():
+            return None, f"exit {proc.returncode}:\n" + log_path.read_text(errors="replace")[-4000:], seconds
+        return json.loads(out_path.read_text()), "", seconds
+
+
 def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=QUESTION)
     ap.add_argument("--quick", action="store_true")
@@ -74,27 +101,11 @@ def main(argv: list[str] | None = None) -> Path:
                      "batch_size": p["batch"], "sequence_length": p["seq"], "learning_rate": 3e-4,
                      "powersgd_rank": 1, "powersgd_start_iteration": p["powersgd_start"]},
     }
-    with tempfile.TemporaryDirectory(prefix="kubetrain-bench-modes-") as tmp:
-        spec_path, out_path, log_path = Path(tmp) / "spec.json", Path(tmp) / "out.json", Path(tmp) / "worker.log"
-        spec_path.write_text(json.dumps(spec))
-        env = dict(os.environ, OMP_NUM_THREADS=str(p["omp_num_threads"]), PYTHONUNBUFFERED="1")
-        env["PYTHONPATH"] = os.pathsep.join([str(REPO / "trainer-image"), str(REPO / "operator"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "--max-restarts=0",
-               str(REPO / "bench" / "modes_worker.py"), str(spec_path), str(out_path)]
-        t0 = time.monotonic()
-        with log_path.open("w") as fh:
-            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp)
-            for line in proc.stdout:  # type: ignore[union-attr]
-                fh.write(line)
-                if line.startswith("round "):
-                    print(f"[{NAME}] {line.rstrip()}", file=sys.stderr, flush=True)
-            proc.wait()
-        if proc.returncode != 0 or not out_path.exists():
-            run.error("modes worker", f"exit {proc.returncode}:\n" + log_path.read_text(errors="replace")[-4000:])
-            run.results.update(modes={}, refused={})
-            return run.finish("The worker failed; no figures.", *( [args.out] if args.out else []))
-        data = json.loads(out_path.read_text())
-        p["worker_seconds"] = round(time.monotonic() - t0, 1)
+    data, failure, p["worker_seconds"] = launch_modes_worker(NAME, spec, nproc, p["omp_num_threads"])
+    if data is None:
+        run.error("modes worker", failure)
+        run.results.update(modes={}, refused={})
+        return run.finish("The worker failed; no figures.", *( [args.out] if args.out else []))
     run.doc["machine"]["device_used"] = data["device_name"]
     run.doc["params"]["backend"] = data["backend"]
     res = analyse(data, p)

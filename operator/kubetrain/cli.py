@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from kubetrain.api.advice import spec_warnings
 from kubetrain.api.manifests import ManifestError, load_any, load_trainingjobs
 from kubetrain.api.models import TrainingJob
 
@@ -28,6 +29,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         try:
             for obj in load_any(path):
                 print(f"{path}: {obj.kind} {obj.metadata.name} is valid")
+                for warning in spec_warnings(obj) if isinstance(obj, TrainingJob) else ():  # valid, but likely to hurt
+                    print(f"{path}: {obj.kind} {obj.metadata.name}: warning: {warning}", file=sys.stderr)
         except ManifestError as exc:
             print(exc, file=sys.stderr)
             failed = True
@@ -67,6 +70,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 2
     for line in pod_only_settings(job):
         print(f"kubetrain run: not applied on this host: {line}", file=sys.stderr)
+    for warning in spec_warnings(job):
+        print(f"kubetrain run: warning: {warning}", file=sys.stderr)
     # Imported late: the local runner needs the trainer extra (torch).
     from kubetrain.local_run import run_locally
 

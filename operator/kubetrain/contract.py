@@ -71,8 +71,11 @@ class TrainerContract:
     precision: str = "fp32"  # fp32 | tf32 | bf16 | fp16 | fp8
     strategy: str = "ddp"  # ddp | fsdp
     compression: str = "none"  # none | fp16 | bf16 | powersgd
-    powersgd_rank: int = 1
-    powersgd_start_iteration: int = 10
+    powersgd_rank: int = 2  # = PowerSGDSpec's default (tests/unit/test_contract.py)
+    # Plain all-reduce steps before PowerSGD compresses: 0 means powersgd_start_fraction of max_steps, so the
+    # uncompressed warm-up scales with the job (bench/results/compression_loss.md: what an early start costs).
+    powersgd_start_iteration: int = 0
+    powersgd_start_fraction: float = 0.05
     powersgd_min_compression_rate: float = 2.0
     powersgd_error_feedback: bool = True
     powersgd_warm_start: bool = True
@@ -116,6 +119,16 @@ class TrainerContract:
 
     def replace(self, **changes) -> "TrainerContract":
         return dataclasses.replace(self, **changes)
+
+    def powersgd_start(self) -> int:
+        """The step PowerSGD starts compressing at: the explicit iteration, else the fraction of max_steps.
+
+        At least 2 with error feedback or warm start (their memories need a plain step first), else at least 1.
+        """
+        if self.powersgd_start_iteration > 0:
+            return self.powersgd_start_iteration
+        floor = 2 if (self.powersgd_error_feedback or self.powersgd_warm_start) else 1
+        return max(floor, round(self.powersgd_start_fraction * self.max_steps))
 
     def workload_kwargs(self) -> dict[str, str]:
         pairs = [p for p in self.workload_args.split(",") if p.strip()]

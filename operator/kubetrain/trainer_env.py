@@ -20,7 +20,7 @@ def checkpoint_subdir(job: TrainingJob) -> str:
 def contract_for(job: TrainingJob, checkpoint_root: str = CHECKPOINT_MOUNT) -> TrainerContract:
     """The trainer settings for ``job``; ``checkpoint_root`` is where its checkpoint volume is mounted."""
     spec = job.spec
-    psgd = spec.compression.power_sgd
+    psgd = spec.compression.powersgd() if spec.compression.type == "powersgd" else None
     ckpt = spec.checkpoint
     fields = dict(
         job_name=job.metadata.name,
@@ -44,7 +44,8 @@ def contract_for(job: TrainingJob, checkpoint_root: str = CHECKPOINT_MOUNT) -> T
     if psgd:
         fields.update(
             powersgd_rank=psgd.rank,
-            powersgd_start_iteration=psgd.start_iteration,
+            powersgd_start_iteration=psgd.start_iteration or 0,  # 0: the trainer takes startFraction of max_steps
+            powersgd_start_fraction=psgd.start_fraction,
             powersgd_min_compression_rate=psgd.min_compression_rate,
             powersgd_error_feedback=psgd.error_feedback,
             powersgd_warm_start=psgd.warm_start,

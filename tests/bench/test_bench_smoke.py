@@ -58,6 +58,19 @@ def test_trainer_modes_quick(tmp_path):
 
 @pytest.mark.torchrun
 @pytest.mark.timeout(300)
+def test_compression_loss_quick(tmp_path):
+    doc = run_quick("compression_loss", tmp_path, 280)
+    assert doc["errors"] == [], doc["errors"]
+    modes = doc["results"]["modes"]
+    # Paired per seed: none against itself costs nothing; fp16 halves the bytes; PowerSGD's job mean counts its warm-up.
+    assert modes["none"]["loss_cost"]["max"] == 0 and modes["none"]["loss_cost"]["n"] == len(doc["params"]["seeds"])
+    assert modes["fp16"]["saving"] == 2
+    psgd = modes["powersgd/r1/s0.1/ef+ws"]
+    assert psgd["bytes_per_step_compressed"] < psgd["bytes_per_step_mean"] < modes["none"]["bytes_per_step_mean"]
+
+
+@pytest.mark.torchrun
+@pytest.mark.timeout(300)
 def test_trainer_elastic_quick(tmp_path):
     doc = run_quick("trainer_elastic", tmp_path, 280)
     assert doc["errors"] == [], doc["errors"]

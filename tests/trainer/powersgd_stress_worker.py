@@ -2,7 +2,7 @@
 
 ``torchrun --standalone --nproc-per-node=2 powersgd_stress_worker.py OUT.json``.
 Three fresh DDP models × 150 steps, 8 linear layers, 10 KB buckets (8+ buckets
-in flight per backward). Rank 0 writes the bytes each step and the final loss.
+in flight per backward). Rank 0 writes the bytes, the loss and the compression error of each step.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def main() -> None:
         counter = CommCounter()
         register_ddp_hook(ddp, contract, "gloo", counter, fp16_scaler=False)
         opt = torch.optim.SGD(ddp.parameters(), lr=0.05)
-        per_step, losses = [], []
+        per_step, losses, errors = [], [], []
         g = torch.Generator().manual_seed(100 + dist.get_rank())
         target = nn.Linear(64, 64)
         torch.manual_seed(999)
@@ -44,8 +44,9 @@ def main() -> None:
             opt.step()
             opt.zero_grad()
             per_step.append(counter.take())
+            errors.append(counter.take_compression_error())
             losses.append(loss.item())
-        runs.append({"bytes": per_step, "losses": losses, "buckets": len(ddp._module_copies_to_bucket()) if hasattr(ddp, "_module_copies_to_bucket") else None,
+        runs.append({"bytes": per_step, "losses": losses, "errors": errors, "buckets": len(ddp._module_copies_to_bucket()) if hasattr(ddp, "_module_copies_to_bucket") else None,
                      "params": sum(p.numel() for p in model.parameters())})
     if dist.get_rank() == 0:
         with open(sys.argv[1], "w") as fh:

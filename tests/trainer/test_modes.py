@@ -58,6 +58,9 @@ def test_mode_trains_and_exports_metrics(matrix, mode):
     assert _metric(rec, "kubetrain_trainer_tokens_per_second") > 0
     assert _metric(rec, "kubetrain_trainer_communicated_bytes_total", local_rank="0") == sum(rec["comm_bytes"]) > 0
     assert rec["scaler_enabled"] == (mode[0] == "fp16")
+    # PowerSGD (error feedback on by default) exports its compression error; the other modes have none to export.
+    error = _metric(rec, "kubetrain_trainer_compression_error_ratio", local_rank="0")
+    assert (0 < error <= 1) if mode[2] == "powersgd" else error is None, error
 
 
 def test_bytes_per_step_match_the_compression(matrix):
@@ -84,3 +87,6 @@ def test_powersgd_with_many_buckets_on_gloo_does_not_hang(tmp_path):
         assert run["bytes"][0] == run["params"] * 4  # warm-up: plain all-reduce
         assert max(run["bytes"][3:]) < run["params"] * 4 / 4  # compressed afterwards
         assert statistics.mean(run["losses"][-10:]) < statistics.mean(run["losses"][:10])
+        # The error error feedback carries: measured on every compressed step, never during the warm-up.
+        assert run["errors"][:3] == [None] * 3
+        assert all(0 < e <= 1 for e in run["errors"][3:]), run["errors"][3:13]

@@ -222,6 +222,22 @@ def test_unsupported_combinations_are_refused_with_a_message(changes, caps, matc
         validate(C.replace(**changes), caps)
 
 
+def test_a_start_fraction_outside_zero_to_one_is_refused_and_a_tiny_job_still_gets_two_plain_steps():
+    with pytest.raises(ConfigError, match="powersgd_start_fraction"):
+        validate(C.replace(compression="powersgd", powersgd_start_fraction=1.5), CPU)
+    validate(C.replace(compression="powersgd", max_steps=1), CPU)  # start = 2: never compresses, but valid
+
+
+def test_powersgd_warmup_after_a_resume_runs_only_what_is_left_but_fills_the_memories():
+    from kubetrain_trainer.compression import powersgd_warmup
+
+    c = C.replace(compression="powersgd", max_steps=20000, powersgd_start_fraction=0.05)
+    assert powersgd_warmup(c) == 1000
+    assert powersgd_warmup(c, resumed_step=400) == 600
+    assert powersgd_warmup(c, resumed_step=15000) == 2  # not another 1,000 uncompressed steps
+    assert powersgd_warmup(c.replace(powersgd_error_feedback=False, powersgd_warm_start=False), resumed_step=15000) == 1
+
+
 def test_every_cpu_mode_we_offer_validates():
     for precision in ("fp32", "tf32", "bf16", "fp16"):
         for compression in ("none", "fp16", "bf16", "powersgd"):

@@ -58,7 +58,7 @@ def test_defaults_are_what_a_user_expects():
 def test_manifest_uses_kubernetes_spelling():
     job = load_trainingjobs(REPO / "examples" / "full.yaml")[0]
     out = job.to_k8s()
-    assert out["spec"]["compression"]["powerSGD"]["startIteration"] == 100
+    assert out["spec"]["compression"]["powerSGD"]["startFraction"] == 0.05
     assert out["spec"]["failurePolicy"]["maxRestarts"] == 10
     assert "status" not in out
 

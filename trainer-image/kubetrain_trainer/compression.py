@@ -39,17 +39,42 @@ import threading
 import torch
 import torch.distributed as dist
 from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as psgd
+from torch.distributed.algorithms.ddp_comm_hooks.powerSGD_hook import PowerSGDState
 
 log = logging.getLogger(__name__)
 
 
 class CommCounter:
-    """Thread-safe byte counter (hooks' callbacks may run on backend threads)."""
+    """Thread-safe byte counter (hooks' callbacks may run on backend threads), and PowerSGD's compression error.
+
+    The error is what error feedback carries to the next step, relative to what was to be sent
+    (this step's gradient plus the error carried in): ‖e‖ / ‖g + e_prev‖ over every compressed bucket
+    of a step, per process. torch's hook defines e against the all-reduced approximation, so e also
+    holds this rank's difference from the average (small when ranks agree). Kept as tensors until
+    ``take_compression_error`` (once per step, after the loss is read): no extra device sync.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._total = 0
         self._mark = 0
+        self._err_sq: list[torch.Tensor] = []
+        self._input_sq: list[torch.Tensor] = []
+
+    def add_compression_error(self, err_sq: torch.Tensor, input_sq: torch.Tensor) -> None:
+        with self._lock:
+            self._err_sq.append(err_sq)
+            self._input_sq.append(input_sq)
+
+    def take_compression_error(self) -> float | None:
+        """‖e‖ / ‖g + e_prev‖ of the buckets compressed since the previous call (0-1, capped); None if none was."""
+        with self._lock:
+            err, inp, self._err_sq, self._input_sq = self._err_sq, self._input_sq, [], []
+        if not err:
+            return None
+        e, i = float(sum(t.item() for t in err)), float(sum(t.item() for t in inp))
+        # Capped: a ratio above 1 (an approximation further from the input than zero) is "all of it lost".
+        return min(1.0, (e / i) ** 0.5) if i > 0 else 0.0
 
     def add(self, nbytes: int) -> None:
         with self._lock:
@@ -101,11 +126,24 @@ def cast_compress_hook(dtype: torch.dtype, counter: CommCounter, process_group=N
     return hook
 
 
+def powersgd_warmup(contract, resumed_step: int = 0) -> int:
+    """Plain all-reduce steps this process runs before PowerSGD compresses (``PowerSGDState.start_powerSGD_iter``).
+
+    The hook counts steps from 0 in every process, and its memories are not checkpointed. A job
+    resumed at ``resumed_step`` only runs what is left of its warm-up, but at least the plain step(s)
+    error feedback and warm start need to fill their memories: a restart late in a long job would
+    otherwise send the whole warm-up (e.g. 5% of the steps) uncompressed again.
+    """
+    start = contract.powersgd_start()
+    floor = 2 if (contract.powersgd_error_feedback or contract.powersgd_warm_start) else 1
+    return start if resumed_step <= 0 else max(floor, start - resumed_step)
+
+
 def make_powersgd_state(contract, process_group=None) -> psgd.PowerSGDState:
     return psgd.PowerSGDState(
         process_group=process_group,
         matrix_approximation_rank=contract.powersgd_rank,
-        start_powerSGD_iter=contract.powersgd_start_iteration,
+        start_powerSGD_iter=powersgd_warmup(contract),
         min_compression_rate=contract.powersgd_min_compression_rate,
         use_error_feedback=contract.powersgd_error_feedback,
         warm_start=contract.powersgd_warm_start,
@@ -131,6 +169,16 @@ def _sanitize_powersgd_memory(state: psgd.PowerSGDState, bucket_index: int) -> b
     return bad
 
 
+def _measure_error(state: psgd.PowerSGDState, index: int, approx: torch.Tensor, counter: CommCounter) -> torch.Tensor:
+    """After the hook: record ‖e‖² and ‖e + approx‖² (= ‖g + e_prev‖²) of the bucket, from the error feedback
+    memory the hook just wrote; three dot products, no copy of the bucket."""
+    err = state.error_dict.get(index)
+    if err is not None and err.numel() == approx.numel():
+        e2, ea, a2 = err.dot(err), err.dot(approx), approx.dot(approx)
+        counter.add_compression_error(e2.detach(), (e2 + 2 * ea + a2).detach())
+    return approx
+
+
 def powersgd_hook(counter: CommCounter, *, serialize: bool, sanitize: bool):
     """The upstream PowerSGD hook, made safe on gloo (``serialize``) and under fp16 (``sanitize``), counting bytes."""
 
@@ -145,6 +193,8 @@ def powersgd_hook(counter: CommCounter, *, serialize: bool, sanitize: bool):
         fut = psgd.powerSGD_hook(state, bucket)
         if not vanilla:
             counter.add((state.total_numel_after_compression - before) * esize)
+        if not vanilla and state.use_error_feedback:
+            fut = fut.then(lambda f: _measure_error(state, index, f.value(), counter))
         if serialize:
             fut.wait()
         if not sanitize:

@@ -99,10 +99,12 @@ def validate(contract: TrainerContract, caps: Capabilities) -> list[str]:
             raise ConfigError(f"powersgd_min_compression_rate must be > 0, got {c.powersgd_min_compression_rate}")
         if c.powersgd_start_iteration < 0:
             raise ConfigError(f"powersgd_start_iteration must be >= 0, got {c.powersgd_start_iteration}")
-        if (c.powersgd_error_feedback or c.powersgd_warm_start) and c.powersgd_start_iteration <= 1:
+        if not 0 <= c.powersgd_start_fraction <= 1:
+            raise ConfigError(f"powersgd_start_fraction must be in [0, 1], got {c.powersgd_start_fraction}")
+        if (c.powersgd_error_feedback or c.powersgd_warm_start) and c.powersgd_start() <= 1:
             raise ConfigError(
                 "powersgd_start_iteration must be > 1 when error feedback or warm start is on (PowerSGD needs a few "
-                f"plain all-reduce steps first); got {c.powersgd_start_iteration}"
+                f"plain all-reduce steps first); got {c.powersgd_start()}"
             )
     if c.workload.startswith("builtin:") and c.workload not in ("builtin:gpt",):
         raise ConfigError(f"unknown built-in workload {c.workload!r}; the built-in one is builtin:gpt")

@@ -34,6 +34,9 @@ per process (labels + local_rank):
   kubetrain_trainer_gpu_memory_used_bytes    NVML memory used on that GPU
   kubetrain_trainer_gpu_power_watts          NVML power draw
   kubetrain_trainer_gpu_energy_joules_total  NVML energy since this worker started
+  kubetrain_trainer_compression_error_ratio  PowerSGD: ‖error carried to the next step‖ ÷ ‖gradient + carried error‖
+                                             of the latest step (0–1, capped); only while compressing with error
+                                             feedback. Rising towards 1: the rank is too low for the gradients.
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ class ProcessFigures:
     gpu_memory_bytes: float = -1.0
     gpu_power_watts: float = -1.0
     gpu_energy_joules: float = -1.0
+    compression_error: float = -1.0  # < 0: not compressing with PowerSGD this step
 
 
 class _Monotonic:
@@ -129,6 +133,9 @@ class TrainerMetrics:
         self.gpu_mem = g("kubetrain_trainer_gpu_memory_used_bytes", "GPU memory used on the process's device (NVML).", P)
         self.gpu_power = g("kubetrain_trainer_gpu_power_watts", "Power draw of the process's device (NVML).", P)
         self.gpu_energy = c("kubetrain_trainer_gpu_energy_joules_total", "Energy used by the process's device since the worker started (NVML).", P)
+        self.compression_error = g("kubetrain_trainer_compression_error_ratio",
+                                   "PowerSGD: norm of the error carried to the next step over the norm of the gradient plus "
+                                   "the carried error, latest step (0-1, capped); only while compressing with error feedback.", P)
 
         self._mono = _Monotonic()
         self._window: collections.deque[tuple[float, float, float]] = collections.deque(maxlen=window_steps)
@@ -193,6 +200,8 @@ class TrainerMetrics:
                 self._proc(self.gpu_util, lr).set(p.gpu_utilization)
                 self._proc(self.gpu_mem, lr).set(p.gpu_memory_bytes)
                 self._proc(self.gpu_power, lr).set(p.gpu_power_watts)
+            if p.compression_error >= 0:
+                self._proc(self.compression_error, lr).set(p.compression_error)
             if p.gpu_energy_joules >= 0:
                 base = self._gpu_energy_base.setdefault(lr, p.gpu_energy_joules)
                 self._mono.set(self._proc(self.gpu_energy, lr), ("energy", lr), p.gpu_energy_joules - base)

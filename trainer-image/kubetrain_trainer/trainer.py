@@ -28,7 +28,7 @@ from kubetrain.contract import TrainerContract
 
 from kubetrain_trainer.api import Workload
 from kubetrain_trainer.checkpoint import CheckpointManager, CheckpointMeta, TrainState
-from kubetrain_trainer.compression import CommCounter
+from kubetrain_trainer.compression import CommCounter, PowerSGDState, powersgd_warmup
 from kubetrain_trainer.data import ElasticSampler
 from kubetrain_trainer.hardware import ProcessProbe
 from kubetrain_trainer.metrics import ProcessFigures, TrainerMetrics
@@ -72,7 +72,8 @@ class DistEnv:
 # Columns of the row every rank contributes to the per-step all-gather.
 _C_LOSS_SUM, _C_SAMPLES, _C_TOKENS, _C_STOP, _C_GROUP, _C_LOCAL = range(6)
 _C_COMM, _C_DATA, _C_CPU, _C_RSS, _C_GPU_UTIL, _C_GPU_MEM, _C_GPU_POWER, _C_GPU_ENERGY, _C_COMPUTE = range(6, 15)
-_NCOLS = 15
+_C_COMPRESSION_ERROR = 15  # PowerSGD's relative compression error this step; < 0: none (not compressing)
+_NCOLS = 16
 
 
 @dataclass
@@ -87,6 +88,8 @@ class FitResult:
     losses: list[float] = field(default_factory=list)
     comm_bytes: list[int] = field(default_factory=list)  # this process's collective payload bytes per step
     step_seconds: list[float] = field(default_factory=list)
+    # PowerSGD: mean over ranks of the relative compression error per step (None: not compressing that step)
+    compression_errors: list[float | None] = field(default_factory=list)
     tokens_per_second: float = 0.0  # job-wide, last window
 
 
@@ -263,6 +266,8 @@ class Trainer:
         samples_total = meta.samples_total if meta else 0
         if meta and meta.scaler and self.scaler.is_enabled():
             self.scaler.load_state_dict(meta.scaler)
+        if step and isinstance(self.hook_state, PowerSGDState):
+            self.hook_state.start_powerSGD_iter = powersgd_warmup(c, step)
         if self.metrics:
             self.metrics.set_static(world_size=env.world_size, max_steps=c.max_steps, restart_count=env.restart_count)
             self.metrics._pod(self.metrics.step).set(step)
@@ -306,6 +311,8 @@ class Trainer:
             row[_C_RSS] = self.probe.rss_bytes()
             row[_C_GPU_UTIL], row[_C_GPU_MEM], row[_C_GPU_POWER], row[_C_GPU_ENERGY] = util, mem, power, energy
             row[_C_COMPUTE] = t_compute
+            comp_err = self.counter.take_compression_error()
+            row[_C_COMPRESSION_ERROR] = -1.0 if comp_err is None else comp_err
             rows = self._gather_rows(row)
             id_lists = self._gather_ids(ids) if c.sample_log_path else None
             step_seconds = time.monotonic() - t0
@@ -323,6 +330,8 @@ class Trainer:
             result.losses.append(job_loss)
             result.comm_bytes.append(self.counter.take())
             result.step_seconds.append(step_seconds)
+            errs = rows[:, _C_COMPRESSION_ERROR]
+            result.compression_errors.append(float(errs[errs >= 0].mean().item()) if bool((errs >= 0).any()) else None)
             tps_window.append((step_seconds, job_tokens))
             tps_window = tps_window[-20:]
             job_tps = sum(t for _, t in tps_window) / max(sum(s for s, _ in tps_window), 1e-9)
@@ -343,6 +352,7 @@ class Trainer:
                         local_rank=int(r[_C_LOCAL]), communicated_bytes=float(r[_C_COMM]), data_loading_seconds=float(r[_C_DATA]),
                         cpu_seconds=float(r[_C_CPU]), rss_bytes=float(r[_C_RSS]), gpu_utilization=float(r[_C_GPU_UTIL]),
                         gpu_memory_bytes=float(r[_C_GPU_MEM]), gpu_power_watts=float(r[_C_GPU_POWER]), gpu_energy_joules=float(r[_C_GPU_ENERGY]),
+                        compression_error=float(r[_C_COMPRESSION_ERROR]),
                     )
                     for r in mine
                 ]

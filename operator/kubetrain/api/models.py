@@ -391,24 +391,42 @@ class TrainerSpec(ApiModel):
     )
 
 
-class PowerSGDSpec(ApiModel):
-    """PowerSGD low-rank gradient compression (DDP only)."""
+# PowerSGD defaults and their reasons, measured by bench/compression_loss.py (bench/results/compression_loss.md).
+DEFAULT_POWERSGD_RANK = 2
+DEFAULT_POWERSGD_START_FRACTION = 0.05
+POWERSGD_RANK_HELP = "Rank of the low-rank approximation; higher is more accurate, less compressed."
+POWERSGD_START_FRACTION_HELP = "Fraction of maxSteps trained with plain all-reduce before compression starts."
+POWERSGD_ERROR_FEEDBACK_HELP = "Carry the compression error into the next step."
 
-    rank: int = Field(..., ge=1, le=64, description="Rank of the low-rank approximation; higher is more accurate, less compressed.")
-    start_iteration: int = Field(
-        10, ge=1, description="Steps of plain allreduce before compression starts (at least 2 with errorFeedback or warmStart)."
+
+class PowerSGDSpec(ApiModel):
+    """PowerSGD low-rank gradient compression (DDP only). The defaults are measured: see startFraction and rank."""
+
+    rank: int = Field(
+        DEFAULT_POWERSGD_RANK, ge=1, le=64,
+        description=POWERSGD_RANK_HELP,
+    )
+    start_fraction: float = Field(
+        DEFAULT_POWERSGD_START_FRACTION, ge=0, le=1,
+        description=POWERSGD_START_FRACTION_HELP,
+    )
+    start_iteration: int | None = Field(
+        None, ge=1,
+        description="Steps of plain all-reduce before compression starts, instead of startFraction × maxSteps "
+        "(at least 2 with errorFeedback or warmStart). A fixed count suits a short job and hurts a long one: "
+        "10 steps of 20,000 starts compressing before the gradients settle.",
     )
     min_compression_rate: float = Field(
         2.0, ge=1, description="Only tensors that compress at least this much are compressed."
     )
-    error_feedback: bool = Field(True, description="Carry the compression error into the next step.")
+    error_feedback: bool = Field(True, description=POWERSGD_ERROR_FEEDBACK_HELP)
     warm_start: bool = Field(True, description="Reuse the previous step's low-rank factors.")
 
     cel_rules = (
         Rule(
-            "!(self.errorFeedback || self.warmStart) || self.startIteration >= 2",
+            "!(self.errorFeedback || self.warmStart) || !has(self.startIteration) || self.startIteration >= 2",
             "spec.compression.powerSGD.startIteration must be at least 2 when errorFeedback or warmStart is on",
-            lambda s: not (s.error_feedback or s.warm_start) or s.start_iteration >= 2,
+            lambda s: not (s.error_feedback or s.warm_start) or s.start_iteration is None or s.start_iteration >= 2,
         ),
     )
 
@@ -419,22 +437,24 @@ class CompressionSpec(ApiModel):
     type: CompressionType = Field(
         "none",
         description="none; fp16 or bf16 (gradients cast for communication; with fsdp, the reduce dtype); "
-        "powersgd (low-rank, DDP only, needs powerSGD).",
+        "powersgd (low-rank, DDP only; powerSGD's defaults unless set). Measured loss cost against bytes saved: "
+        "bench/results/compression_loss.md.",
     )
-    power_sgd: PowerSGDSpec | None = Field(None, alias="powerSGD", description="PowerSGD parameters; required when type is powersgd.")
+    power_sgd: PowerSGDSpec | None = Field(
+        None, alias="powerSGD", description="PowerSGD parameters (type powersgd only); omitted: every default."
+    )
 
     cel_rules = (
-        Rule(
-            "self.type != 'powersgd' || has(self.powerSGD)",
-            "spec.compression.powerSGD is required when spec.compression.type is powersgd (set at least rank)",
-            lambda s: s.type != "powersgd" or s.power_sgd is not None,
-        ),
         Rule(
             "self.type == 'powersgd' || !has(self.powerSGD)",
             "spec.compression.powerSGD is only allowed when spec.compression.type is powersgd",
             lambda s: s.type == "powersgd" or s.power_sgd is None,
         ),
     )
+
+    def powersgd(self) -> PowerSGDSpec:
+        """The PowerSGD settings in force (the defaults when powerSGD is omitted)."""
+        return self.power_sgd or PowerSGDSpec()
 
 
 class PVCSource(ApiModel):

@@ -24,8 +24,9 @@ SEL = 'namespace=~"$namespace", job=~"$job"'
 DS = dm.DataSourceRef(type_val="prometheus", uid="${datasource}")
 
 # Where a panel's series come from. "gpu" needs GPU nodes (NVML readings, and MFU,
-# which needs a GPU's peak FLOPs); "dcgm" needs the DCGM exporter.
-SOURCES = ("trainer", "operator", "gpu", "dcgm")
+# which needs a GPU's peak FLOPs); "dcgm" needs the DCGM exporter; "powersgd" a job
+# compressing with PowerSGD (the trainer exports its error only then).
+SOURCES = ("trainer", "operator", "gpu", "dcgm", "powersgd")
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,10 @@ ROWS: dict[str, list[PanelSpec]] = {
                   "Share of time processes wait for their next batch."),
         PanelSpec("Gradient traffic", "Bps", ((q.communicated_bytes_per_second(SEL), "{{job}}"),), "trainer",
                   "Bytes per second of gradient collectives: what compression saves."),
+        PanelSpec("PowerSGD compression error", "percentunit", ((q.compression_error(SEL), "{{job}}"),), "powersgd",
+                  "Norm of the error PowerSGD carries to the next step over the norm of what it had to send, worst "
+                  "process (error feedback on). Near 1: the rank captures little of the gradient, and the loss pays "
+                  "(bench/results/compression_loss.md); raise spec.compression.powerSGD.rank."),
     ],
     "GPUs (NVML, from the trainer)": [
         PanelSpec("GPU utilisation", "percentunit", ((q.gpu_utilization(SEL), "{{job}}"),), "gpu", "Mean over the job's GPUs."),

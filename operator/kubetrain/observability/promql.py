@@ -62,6 +62,11 @@ def communicated_bytes_per_second(sel: str = "", window: str = "5m") -> str:
     return f"sum by ({BY_JOB}) (rate({_m('kubetrain_trainer_communicated_bytes_total', sel)}[{window}]))"
 
 
+def compression_error(sel: str = "") -> str:
+    """PowerSGD's relative compression error, the worst process of each job (absent unless compressing)."""
+    return f"max by ({BY_JOB}) ({_m('kubetrain_trainer_compression_error_ratio', sel)})"
+
+
 def process_cpu(sel: str = "", window: str = "5m") -> str:
     return f"sum by ({BY_JOB}) (rate({_m('kubetrain_trainer_process_cpu_seconds_total', sel)}[{window}]))"
 

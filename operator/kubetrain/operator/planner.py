@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from kubetrain.api.advice import spec_warnings
 from kubetrain.api.models import TrainingJob
 from kubetrain.operator import naming
 from kubetrain.operator.failures import Failure, classify, image_pull_problem
@@ -184,6 +185,20 @@ class _Status:
         return self.patch
 
 
+def _advise(job: TrainingJob, st: _Status, plan: Plan) -> None:
+    """Valid settings likely to hurt the model (kubetrain.api.advice): the SpecWarning condition names each field,
+    since the CRD's rules can only refuse; one Warning event when the warnings appear or change, not every round."""
+    warnings = spec_warnings(job)
+    prev = st.conditions.get("SpecWarning")
+    if warnings:
+        message = "; ".join(map(str, warnings))
+        if not prev or prev.get("status") != "True" or prev.get("message") != message:
+            plan.events.append(("Warning", "SpecWarning", message))
+        st.condition("SpecWarning", True, "LikelyToHurt", message)
+    elif prev:
+        st.condition("SpecWarning", False, "NoneKnown", "no setting of the spec is known to hurt the model")
+
+
 def _finish(plan: Plan, st: _Status, phase: str, reason: str, message: str) -> None:
     st.set(phase=phase, completionTime=_iso(st.now))
     st.condition(phase, True, reason, message)
@@ -232,6 +247,8 @@ def plan(job: TrainingJob, body: dict[str, Any], obs: Observed) -> Plan:
             result.delete_job = True
         result.status = st.build()
         return result
+
+    _advise(job, st, result)
 
     # Suspended (by the user, or waiting for Kueue): no pods, checkpoint kept.
     if spec.suspend or not obs.admitted:
