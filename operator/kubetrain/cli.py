@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from kubetrain.api.advice import spec_warnings
-from kubetrain.api.manifests import ManifestError, load_any, load_trainingjobs
+from kubetrain.api.manifests import ManifestError, load_any, load_sweeps, load_trainingjobs
 from kubetrain.api.models import TrainingJob
 
 
@@ -62,11 +62,17 @@ def pod_only_settings(job: TrainingJob) -> list[str]:
     return out
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+def _first(load, path: str):
+    """The first object ``load`` reads from ``path``, or None after saying why it is invalid."""
     try:
-        job = load_trainingjobs(args.manifest)[0]
+        return load(path)[0]
     except ManifestError as exc:
         print(exc, file=sys.stderr)
+        return None
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    if (job := _first(load_trainingjobs, args.manifest)) is None:
         return 2
     for line in pod_only_settings(job):
         print(f"kubetrain run: not applied on this host: {line}", file=sys.stderr)
@@ -76,6 +82,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from kubetrain.local_run import run_locally
 
     return run_locally(job, replicas=args.replicas, max_steps=args.max_steps, workdir=args.workdir)
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    if (sweep := _first(load_sweeps, args.manifest)) is None:
+        return 2
+    for line in pod_only_settings(TrainingJob(metadata={"name": "trial"}, spec=sweep.spec.template.spec)):
+        print(f"kubetrain sweep: not applied on this host: {line.replace('spec.', 'spec.template.spec.', 1)}", file=sys.stderr)
+    # Imported late: the local runner needs the trainer extra (torch).
+    from kubetrain.local_sweep import run_sweep
+
+    return run_sweep(sweep, workdir=args.workdir, max_trials=args.max_trials, parallelism=args.parallelism).returncode
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,6 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-steps", type=int, default=None, help="override spec.trainer.maxSteps")
     run.add_argument("--workdir", default=None, help="checkpoints and logs (default: a new temp dir)")
     run.set_defaults(func=_cmd_run)
+
+    sw = sub.add_parser("sweep", help="run a TrainingSweep manifest on this machine: each trial a local job")
+    sw.add_argument("manifest")
+    sw.add_argument("--max-trials", type=int, default=None, help="override spec.maxTrials")
+    sw.add_argument("--parallelism", type=int, default=None, help="override spec.parallelism")
+    sw.add_argument("--workdir", default=None, help="trials' checkpoints and logs (default: a new temp dir)")
+    sw.set_defaults(func=_cmd_sweep)
     return parser
 
 

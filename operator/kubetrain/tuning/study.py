@@ -103,9 +103,16 @@ class SweepStudy:
         self.trial_of[number] = trial.number
         return dict(trial.params)
 
-    def forget(self, number: int) -> None:
-        """A trial asked for but never created (its values could not run): count it as failed."""
+    def fail(self, number: int) -> None:
+        """Trial ``number`` failed, or was asked for but never created (its values could not run)."""
         self.study.tell(self.trial_of[number], state=TrialState.FAIL)
+
+    def pruned(self, number: int) -> None:
+        """Trial ``number`` was stopped early (Optuna keeps its last reported value)."""
+        self.study.tell(self.trial_of[number], state=TrialState.PRUNED)
+
+    def completed(self, number: int, value: float) -> None:
+        self.study.tell(self.trial_of[number], value)
 
     def should_prune(self, number: int, values: dict[int, float]) -> bool:
         """Whether the pruner stops running trial ``number`` given its values so far (reported in step order)."""

@@ -1,0 +1,180 @@
+"""``kubetrain sweep``: a TrainingSweep manifest run on this machine, each trial a local job.
+
+The same study (:mod:`kubetrain.tuning`) as the operator's: Optuna chooses the values,
+each trial's TrainingJob is the template with those values (validated by the job's
+models), its objective is read by step from the trainer's progress and reported to
+the pruner, and a pruned trial is stopped as a pod deletion stops it (SIGTERM, a
+checkpoint, then gone). A progress table shows each trial as it changes state and
+the best configuration is printed at the end.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from kubetrain.api.models import TrainingJob
+from kubetrain.api.sweep import TrainingSweep
+from kubetrain.operator import naming
+from kubetrain.trainer_env import contract_for
+from kubetrain.tuning.space import InvalidTrial, as_strings, trial_spec
+from kubetrain.tuning.status import trial_status
+from kubetrain.tuning.study import SweepStudy
+from kubetrain.tuning.trials import TrialRecord, thin
+
+# Local trials run one replica each: a sweep's parallelism, not its trials' elasticity, uses the cores.
+LOCAL_TRIAL_REPLICAS = 1
+POLL_SECONDS = 0.5
+
+
+@dataclass
+class ObjectiveReports:
+    """Turns the trainer's per-step objective (noisy: one batch) into reports every ``every`` steps:
+    the mean of what was seen since the last report, at the step it was reached."""
+
+    every: int
+    seen: list[float] = field(default_factory=list)
+    last_step: int = -1
+    next_report: int = 0
+
+    def observe(self, step: int, value: float) -> dict[int, float]:
+        if step <= self.last_step:
+            return {}
+        self.last_step = step
+        self.seen.append(value)
+        if step < self.next_report:
+            return {}
+        report = {step: sum(self.seen) / len(self.seen)}
+        self.seen.clear()
+        self.next_report = (step // self.every + 1) * self.every
+        return report
+
+
+def report_interval(sweep: TrainingSweep) -> int:
+    """Report often enough for the first rung and the objective's step to be judged on fresh values."""
+    es, max_steps = sweep.spec.early_stopping, sweep.spec.template.spec.trainer.max_steps
+    base = es.min_steps if es.type != "none" else max_steps
+    return max(1, min(base, max_steps) // 3)
+
+
+@dataclass
+class _Running:
+    record: TrialRecord
+    job: object  # kubetrain_trainer.local.LocalJob
+    reports: ObjectiveReports
+    started: float
+
+
+def _line(rec: TrialRecord, objective_step: int | None) -> str:
+    seen = rec.value_at(objective_step) if rec.state == "Succeeded" else rec.last
+    value = f"{seen[1]:.4f} @ step {seen[0]}" if seen else "-"
+    params = ", ".join(f"{k}={v}" for k, v in as_strings(rec.params).items())
+    why = f"  ({rec.reason})" if rec.reason else ""
+    return f"  trial {rec.number:>3}  {rec.state:<9}  {value:<22}  {params}{why}"
+
+
+@dataclass
+class SweepResult:
+    returncode: int  # 0 when at least one trial trained to the end; 128 + signal when stopped
+    trials: list[TrialRecord]
+    best: TrialRecord | None
+    saved_steps: int  # trial-steps early stopping did not train
+
+
+def run_sweep(sweep: TrainingSweep, *, workdir: str | Path | None = None, out: TextIO | None = None,
+              max_trials: int | None = None, parallelism: int | None = None) -> SweepResult:
+    """Run ``sweep`` locally, trial by trial, ``parallelism`` at a time."""
+    from kubetrain_trainer.local import RUN_STOP_SIGNALS, LocalJob
+    from kubetrain_trainer.stop_flag import StopFlag
+
+    out = out or sys.stdout
+    spec = sweep.spec
+    work = Path(workdir or tempfile.mkdtemp(prefix=f"kubetrain-sweep-{sweep.metadata.name}-"))
+    budget = max_trials or spec.max_trials
+    width = parallelism or spec.parallelism
+    study = SweepStudy.rebuild(spec, [], name=sweep.metadata.name)
+    records: dict[int, TrialRecord] = {}
+    running: dict[int, _Running] = {}
+    saved_steps = 0
+    started = time.monotonic()
+    print(f"kubetrain sweep: {sweep.metadata.name}: {budget} trials, {width} at a time, {spec.algorithm.type} "
+          f"+ {spec.early_stopping.type} on {spec.objective.metric} ({spec.objective.goal}); workdir {work}", file=out, flush=True)
+
+    def settle(rec: TrialRecord, state: str, reason: str | None = None) -> None:
+        rec.state, rec.reason = state, reason
+        print(_line(rec, spec.objective.step), file=out, flush=True)
+
+    stop = StopFlag(RUN_STOP_SIGNALS)
+    with stop.installed():
+        next_number = 0
+        failed = 0
+        while (next_number < budget or running) and not stop.requested:
+            # Fill the free slots.
+            while len(running) < width and next_number < budget and failed <= spec.max_failed_trials:
+                number, next_number = next_number, next_number + 1
+                values = study.ask(number)
+                rec = records[number] = TrialRecord(number, naming.trial_name(sweep.metadata.name, number), "Pending", values)
+                try:
+                    job_spec = trial_spec(spec.template.spec, spec.parameters, values)
+                except InvalidTrial as exc:
+                    study.fail(number)
+                    failed += 1
+                    settle(rec, "Failed", str(exc))
+                    continue
+                job = TrainingJob(metadata={"name": rec.job}, spec=job_spec)
+                contract = contract_for(job, str(work / rec.job / "checkpoints"))
+                local = LocalJob(contract, replicas=LOCAL_TRIAL_REPLICAS, max_restarts=0, workdir=work / rec.job)
+                local.start()
+                running[number] = _Running(rec, local, ObjectiveReports(report_interval(sweep)), time.monotonic())
+                settle(rec, "Running")
+            time.sleep(POLL_SECONDS)
+            for number, run in list(running.items()):
+                rec, st = run.record, run.job.status() or {}
+                metric = {"loss": "loss", "tokensPerSecond": "tokens_per_second", "mfu": "mfu"}[spec.objective.metric]
+                new = {}
+                if st.get("step") is not None and st.get(metric) is not None:
+                    new = run.reports.observe(int(st["step"]), float(st[metric]))
+                    rec.values = thin({**rec.values, **new})
+                if new and study.should_prune(number, new):
+                    step = max(rec.values)
+                    run.job.stop()
+                    saved_steps += spec.template.spec.trainer.max_steps - step
+                    study.pruned(number)
+                    settle(rec, "Pruned", f"behind at step {step}")
+                    del running[number]
+                    continue
+                if run.job.running():
+                    continue
+                run.job.stop()
+                codes = set(run.job.poll().values())
+                if codes == {0} and st.get("step") == spec.template.spec.trainer.max_steps and st.get(metric) is not None:
+                    # The last step's value is the trial's own result, not a mean over the last reports.
+                    rec.values = thin({**rec.values, int(st["step"]): float(st[metric])})
+                    final = rec.value_at(spec.objective.step)
+                    study.completed(number, final[1])
+                    settle(rec, "Succeeded")
+                else:
+                    failed += 1
+                    study.fail(number)
+                    messages = "; ".join(m for m in run.job.termination_messages().values() if m)[:300]
+                    settle(rec, "Failed", f"exit codes {sorted(c for c in codes if c is not None)}: {messages}")
+                del running[number]
+        for run in running.values():
+            run.job.stop()
+            settle(run.record, "Failed", "stopped with the sweep")
+
+    best_record = study.best(list(records.values()))
+    summary = trial_status(list(records.values()), best_record, spec.objective.step)
+    counts = summary["trials"]
+    print(f"kubetrain sweep: done in {time.monotonic() - started:.0f}s: " + ", ".join(f"{k} {v}" for k, v in counts.items() if v)
+          + f"; early stopping saved {saved_steps} trial-steps", file=out, flush=True)
+    best = summary.get("bestTrial")
+    if best:
+        print(f"best: trial {best['number']} {spec.objective.metric} {best.get('value', float('nan')):.4f}: "
+              + ", ".join(f"{k}={v}" for k, v in best["parameters"].items()), file=out, flush=True)
+    code = (stop.exit_code or 1) if stop.requested else (0 if counts["succeeded"] else 1)
+    return SweepResult(code, sorted(records.values(), key=lambda r: r.number), best_record, saved_steps)
