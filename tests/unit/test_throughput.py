@@ -8,10 +8,10 @@ from kubetrain.operator.throughput import Throughput, aggregate_expositions
 from kubetrain_trainer.metrics import TrainerMetrics
 
 
-def _pod_text(pod: str, step: int, tokens: float, samples: float) -> str:
+def _pod_text(pod: str, step: int, tokens: float, samples: float, loss: float = 2.0) -> str:
     r = CollectorRegistry()
     m = TrainerMetrics(r, job="gpt", namespace="ml", pod=pod)
-    m.observe_step(step=step, loss=2.0, step_seconds=1.0, pod_tokens=tokens, pod_samples=samples, goodput=None,
+    m.observe_step(step=step, loss=loss, step_seconds=1.0, pod_tokens=tokens, pod_samples=samples, goodput=None,
                    flops_per_token=None, peak_flops=None, pod_devices=0, processes=[])
     return generate_latest(r).decode()
 
@@ -20,6 +20,13 @@ def test_job_figures_sum_pods_and_take_the_highest_step():
     tp = aggregate_expositions([_pod_text("gpt-w0-0", 10, 1000.0, 8.0), _pod_text("gpt-w1-0", 11, 3000.0, 24.0)])
     assert tp.tokens_per_second == 4000.0 and tp.samples_per_second == 32.0 and tp.step == 11
     assert tp.status()["tokensPerSecond"] == 4000.0 and tp.status()["step"] == 11
+
+
+def test_the_loss_reaches_the_status_for_sweeps():
+    tp = aggregate_expositions([_pod_text("gpt-w0-0", 10, 1.0, 1.0, loss=2.25), _pod_text("gpt-w1-0", 10, 1.0, 1.0, loss=2.25)])
+    assert tp.loss == 2.25 and tp.status()["loss"] == 2.25
+    nan = aggregate_expositions([_pod_text("gpt-w0-0", 10, 1.0, 1.0, loss=float("nan"))])
+    assert "loss" not in nan.status()  # a diverged trial shows no loss rather than an invalid status
 
 
 def test_no_trainer_metrics_means_no_figures():

@@ -653,6 +653,7 @@ class Throughput(ApiModel):
     tokens_per_second: float | None = Field(None, ge=0, description="Job-wide tokens per second.")
     samples_per_second: float | None = Field(None, ge=0, description="Job-wide samples per second.")
     step: int | None = Field(None, ge=0, description="Job-wide optimizer step.")
+    loss: float | None = Field(None, description="Training loss at that step (mean over all ranks): a sweep's objective.")
     observed_time: datetime | None = Field(None, description="When these figures were read.")
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import urllib.parse
 import urllib.request
@@ -36,6 +37,8 @@ class Throughput:
     samples_per_second: float | None = None
     step: int | None = None
     observed: datetime | None = None
+    # The training loss at ``step`` (the trainer's all-rank mean): a sweep's objective, read by step.
+    loss: float | None = None
 
     def status(self) -> dict:
         out = {"observedTime": (self.observed or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")}
@@ -45,6 +48,8 @@ class Throughput:
             out["samplesPerSecond"] = round(self.samples_per_second, 2)
         if self.step is not None:
             out["step"] = int(self.step)
+        if self.loss is not None and math.isfinite(self.loss):
+            out["loss"] = round(self.loss, 5)
         return out
 
 
@@ -68,9 +73,10 @@ class PrometheusSource:
         tokens = self._query(promql.tokens_per_second())
         samples = self._query(promql.samples_per_second())
         steps = self._query(promql.step())
+        losses = self._query(promql.loss())
         now = datetime.now(timezone.utc)
         return {
-            key: Throughput(tokens.get(key), samples.get(key), int(steps[key]) if key in steps else None, now)
+            key: Throughput(tokens.get(key), samples.get(key), int(steps[key]) if key in steps else None, now, losses.get(key))
             for key in set(tokens) | set(samples) | set(steps)
         }
 
@@ -79,6 +85,7 @@ def aggregate_expositions(texts: list[str]) -> Throughput:
     """The job's figures from its pods' /metrics texts (the same aggregation as ``promql``)."""
     tokens = samples = 0.0
     step: float | None = None
+    losses: list[float] = []
     seen = False
     for text in texts:
         for family in text_string_to_metric_families(text):
@@ -90,9 +97,13 @@ def aggregate_expositions(texts: list[str]) -> Throughput:
                     samples += s.value
                 elif s.name == "kubetrain_trainer_step":
                     step = s.value if step is None else max(step, s.value)
+                elif s.name == "kubetrain_trainer_loss":
+                    losses.append(s.value)
     if not seen and step is None:
         return Throughput()
-    return Throughput(tokens, samples, int(step) if step is not None else None, datetime.now(timezone.utc))
+    # Every pod exports the same all-rank loss; the mean is promql.loss()'s aggregation.
+    loss = sum(losses) / len(losses) if losses else None
+    return Throughput(tokens, samples, int(step) if step is not None else None, datetime.now(timezone.utc), loss)
 
 
 class PodScrapeSource:
