@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
@@ -24,41 +24,12 @@ from kubetrain.trainer_env import contract_for
 from kubetrain.tuning.space import InvalidTrial, as_strings, trial_spec
 from kubetrain.tuning.status import trial_status
 from kubetrain.tuning.study import SweepStudy
+from kubetrain.tuning.reports import ObjectiveReports, report_interval
 from kubetrain.tuning.trials import TrialRecord, thin
 
 # Local trials run one replica each: a sweep's parallelism, not its trials' elasticity, uses the cores.
 LOCAL_TRIAL_REPLICAS = 1
 POLL_SECONDS = 0.5
-
-
-@dataclass
-class ObjectiveReports:
-    """Turns the trainer's per-step objective (noisy: one batch) into reports every ``every`` steps:
-    the mean of what was seen since the last report, at the step it was reached."""
-
-    every: int
-    seen: list[float] = field(default_factory=list)
-    last_step: int = -1
-    next_report: int = 0
-
-    def observe(self, step: int, value: float) -> dict[int, float]:
-        if step <= self.last_step:
-            return {}
-        self.last_step = step
-        self.seen.append(value)
-        if step < self.next_report:
-            return {}
-        report = {step: sum(self.seen) / len(self.seen)}
-        self.seen.clear()
-        self.next_report = (step // self.every + 1) * self.every
-        return report
-
-
-def report_interval(sweep: TrainingSweep) -> int:
-    """Report often enough for the first rung and the objective's step to be judged on fresh values."""
-    es, max_steps = sweep.spec.early_stopping, sweep.spec.template.spec.trainer.max_steps
-    base = es.min_steps if es.type != "none" else max_steps
-    return max(1, min(base, max_steps) // 3)
 
 
 @dataclass

@@ -8,7 +8,8 @@ import io
 import pytest
 
 from kubetrain.api.manifests import parse_sweep
-from kubetrain.local_sweep import ObjectiveReports, run_sweep
+from kubetrain.local_sweep import run_sweep
+from kubetrain.tuning.reports import ObjectiveReports
 
 # Tiny on purpose: 6 trials x 45 steps twice (with and without early stopping) on 2 cores.
 SWEEP = {

@@ -291,8 +291,8 @@ class TrainingSweepStatus(ApiModel):
     trials: TrialCounts | None = Field(None, description="Trials by state.")
     best_trial: TrialSummary | None = Field(None, description="The best finished or pruned trial so far.")
     recent_trials: list[TrialSummary] | None = Field(None, max_length=10, description="The last trials that changed state.")
-    compute_saved_seconds: float | None = Field(
-        None, ge=0, description="Estimated replica-seconds early stopping saved (steps not trained × measured step time)."
+    pruned_steps: int | None = Field(
+        None, ge=0, description="Steps early stopping saved: for each pruned trial, maxSteps minus the step it stopped at."
     )
     start_time: datetime | None = Field(None, description="When the sweep started.")
     completion_time: datetime | None = Field(None, description="When the sweep Succeeded or Failed.")

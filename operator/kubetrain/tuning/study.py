@@ -27,8 +27,11 @@ _STATES = {"Succeeded": TrialState.COMPLETE, "Pruned": TrialState.PRUNED, "Faile
            "Running": TrialState.RUNNING, "Pending": TrialState.RUNNING}
 
 
-def sampler(spec: TrainingSweepSpec) -> optuna.samplers.BaseSampler:
-    algo, seed = spec.algorithm, spec.algorithm.seed
+def sampler(spec: TrainingSweepSpec, drawn: int = 0) -> optuna.samplers.BaseSampler:
+    """The sampler of ``spec``; ``drawn`` trials exist already. A rebuilt study must not repeat the draws
+    of the one before it, so its seed moves on with them (a sweep that never restarts stays reproducible)."""
+    algo = spec.algorithm
+    seed = None if algo.seed is None else algo.seed + 7919 * drawn
     if algo.type == "random" or algo.type == "pbt":  # PBT draws its first population at random
         return optuna.samplers.RandomSampler(seed=seed)
     if algo.type == "grid":
@@ -70,8 +73,8 @@ class SweepStudy:
         Each trial's reports are replayed in step order through the pruner, as they happened live:
         the pruners keep their rung decisions in the trials (ASHA's completed rungs), not in the values.
         """
-        study = optuna.create_study(study_name=name, direction=spec.objective.goal, sampler=sampler(spec),
-                                    pruner=pruner(spec))
+        study = optuna.create_study(study_name=name, direction=spec.objective.goal,
+                                    sampler=sampler(spec, len(records)), pruner=pruner(spec))
         dists = space.distributions(spec.parameters)
         made = cls(spec, study, {})
         for rec in sorted(records, key=lambda r: r.number):
@@ -95,6 +98,18 @@ class SweepStudy:
         if state == TrialState.PRUNED and not rec.values:
             state = TrialState.FAIL  # Optuna's pruned trials carry a last value
         self.study.tell(self.trial_of[rec.number], final[1] if final else None, state=state)
+
+    def exhausted(self) -> bool:
+        """Whether the sampler has nothing new to offer: grid search has handed out every combination.
+
+        Optuna counts only finished trials, and would hand a running trial's combination out again.
+        """
+        if self.spec.algorithm.type != "grid":
+            return False
+        size = 1
+        for values in space.grid(self.spec.parameters).values():
+            size *= len(values)
+        return len({tuple(sorted(t.params.items())) for t in self.study.trials}) >= size
 
     def ask(self, number: int) -> dict[str, Any]:
         """The values of new trial ``number``, drawn by the sampler (it sees every trial so far)."""
