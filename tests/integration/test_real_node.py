@@ -7,6 +7,8 @@ without credentials.
 
 from __future__ import annotations
 
+import contextlib
+import re
 import time
 
 import pytest
@@ -16,6 +18,7 @@ from kubetrain.devcluster import images, real_node
 from kubetrain.devcluster.wait import wait_for
 
 pytestmark = pytest.mark.real_node
+LOSS = re.compile(r"step \d+/\d+ loss ([0-9.]+)")
 
 
 def pod(name: str, command: list[str], labels: dict | None = None, **spec) -> dict:
@@ -118,14 +121,19 @@ def test_two_cpu_replicas_train_to_succeeded(cluster, deployed, namespace):
     api.create_namespaced_custom_object("kubetrain.dev", "v1alpha1", namespace, "trainingjobs", {
         "apiVersion": "kubetrain.dev/v1alpha1", "kind": "TrainingJob",
         "metadata": {"name": "gpt-real"},
-        "spec": {"replicas": {"min": 2, "max": 2}, "trainer": {"maxSteps": 40}},
+        "spec": {"replicas": {"min": 2, "max": 2}, "trainer": {"maxSteps": 60}},
     })
-    seen = {"nodes": set(), "tokens": 0.0, "world": 0}
+    seen = {"nodes": set(), "tokens": 0.0, "world": 0, "losses": []}
 
     def finished():
         for p in core.list_namespaced_pod(namespace).items:
             if p.spec.node_name:
                 seen["nodes"].add(p.spec.node_name)
+            # The pods go when the job succeeds: read rank 0's losses while it runs.
+            if p.metadata.name.startswith("gpt-real-w0") and p.status.phase == "Running":
+                with contextlib.suppress(client.ApiException):
+                    losses = [float(x) for x in LOSS.findall(core.read_namespaced_pod_log(p.metadata.name, namespace))]
+                    seen["losses"] = losses if len(losses) >= len(seen["losses"]) else seen["losses"]
         job = api.get_namespaced_custom_object("kubetrain.dev", "v1alpha1", namespace, "trainingjobs", "gpt-real")
         status = job.get("status", {})
         seen["tokens"] = max(seen["tokens"], status.get("throughput", {}).get("tokensPerSecond", 0.0))
@@ -138,3 +146,4 @@ def test_two_cpu_replicas_train_to_succeeded(cluster, deployed, namespace):
     assert status["phase"] == "Succeeded", status
     assert seen["nodes"] == {real_node.NODE_NAME}
     assert seen["world"] == 2 and seen["tokens"] > 0
+    assert len(seen["losses"]) >= 2 and seen["losses"][-1] < seen["losses"][0], seen["losses"]
