@@ -78,18 +78,7 @@ class Jobs:
         return self.get(name).get("status") or {}
 
     def wait(self, name: str, pred: Callable[[dict[str, Any]], bool], what: str, timeout: float = 60) -> dict[str, Any]:
-        last: dict[str, Any] = {}
-
-        def check() -> bool:
-            nonlocal last
-            last = self.status(name)
-            return pred(last)
-
-        try:
-            wait_for(check, timeout=timeout, what=what)
-        except Exception as exc:
-            raise AssertionError(f"{what}: last status {json.dumps(last, indent=1)[:3000]}") from exc
-        return last
+        return wait_status(lambda: self.status(name), pred, what, timeout)
 
     def wait_phase(self, name: str, phase: str, timeout: float = 60) -> dict[str, Any]:
         return self.wait(name, lambda s: s.get("phase") == phase, f"{name} phase {phase}", timeout)
@@ -100,6 +89,23 @@ class Jobs:
 
     def events(self, name: str) -> list[client.CoreV1Event]:
         return self.core.list_namespaced_event(self.ns, field_selector=f"involvedObject.name={name}").items
+
+
+def wait_status(read: Callable[[], dict[str, Any]], pred: Callable[[dict[str, Any]], bool], what: str,
+                timeout: float = 60) -> dict[str, Any]:
+    """Wait until ``pred`` holds for the status ``read`` returns; a timeout shows the last status seen."""
+    last: dict[str, Any] = {}
+
+    def check() -> bool:
+        nonlocal last
+        last = read()
+        return pred(last)
+
+    try:
+        wait_for(check, timeout=timeout, what=what)
+    except Exception as exc:
+        raise AssertionError(f"{what}: last status {json.dumps(last, indent=1)[:3000]}") from exc
+    return last
 
 
 def wait_gone(fn: Callable[[], list], what: str, timeout: float = 60) -> None:

@@ -38,8 +38,10 @@ def expand(*entries: tuple[str, str, str]) -> set[tuple[str, str, str]]:
 
 # What the operator's code and Kopf call, and nothing more (see the comments in templates/_helpers.tpl).
 IN_NAMESPACE = expand(
-    ("kubetrain.dev", "trainingjobs", "get list watch patch delete"),
+    ("kubetrain.dev", "trainingjobs", "get list watch patch delete create"),
     ("kubetrain.dev", "trainingjobs/status", "patch"),
+    ("kubetrain.dev", "trainingsweeps", "get list watch patch delete"),
+    ("kubetrain.dev", "trainingsweeps/status", "patch"),
     ("", "pods", "get list watch create delete patch"),
     ("", "services", "get create"),
     # What the pods refer to, looked up before they are created (never Secrets).

@@ -63,10 +63,18 @@ Each rule names the code that needs it.
 # Kueue gate patches spec.suspend; job_exists reads one (get); ttlSecondsAfterFinished deletes one.
 - apiGroups: [kubetrain.dev]
   resources: [trainingjobs]
-  verbs: [get, list, watch, patch, delete]
+  verbs: [get, list, watch, patch, delete, create]
 # Job status: the planner's phase, conditions and replica counts (Kopf patches the subresource).
 - apiGroups: [kubetrain.dev]
   resources: [trainingjobs/status]
+  verbs: [patch]
+# Sweeps: Kopf watches them and patches its annotations; a finished sweep's TTL deletes it. Their
+# trials are TrainingJobs (create above; patch records the objective on them and suspends the pruned).
+- apiGroups: [kubetrain.dev]
+  resources: [trainingsweeps]
+  verbs: [get, list, watch, patch, delete]
+- apiGroups: [kubetrain.dev]
+  resources: [trainingsweeps/status]
   verbs: [patch]
 # Pods: watch-fed indexes (list, watch), worker and store pods (create), scale-down,
 # suspend and cleanup (delete), releasing the tracking finalizer (get, then a JSON patch).

@@ -15,7 +15,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from kubetrain.operator import handlers  # noqa: F401 - registers the handlers
+    from kubetrain.operator import handlers, sweeps  # noqa: F401 - registers the handlers
     from kubetrain.operator.settings import OperatorConfig
 
     # Read once: the startup handler builds the runtime from this same config (one peering priority).

@@ -1,0 +1,139 @@
+"""TrainingSweeps on the real control plane: trials are TrainingJobs created within parallelism, ASHA
+prunes from the objective they report, an operator SIGKILL loses and duplicates nothing, suspending
+the sweep suspends its trials and deleting it cleans up. KWOK runs the trials' pods; the test feeds
+each trial's objective into its status the way the operator's throughput reader does."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+from kubernetes import client
+
+from crd_helpers import Jobs, install_crd, wait_gone, wait_status
+from kubetrain.devcluster import gpu_pool
+from kubetrain.devcluster.wait import wait_for
+from kubetrain.operator import naming
+from test_operator import Operator
+
+GROUP, VERSION = "kubetrain.dev", "v1alpha1"
+
+
+def sweep_manifest(name: str, max_trials: int, parallelism: int = 2) -> dict:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "TrainingSweep", "metadata": {"name": name},
+        "spec": {
+            "template": {"spec": {"replicas": {"min": 1, "max": 1}, "container": {"gpusPerReplica": 8},
+                                  "scheduling": {"tolerations": [gpu_pool.KWOK_TOLERATION]}, "trainer": {"maxSteps": 300}}},
+            "parameters": [{"name": "lr", "target": "trainer.learningRate", "type": "float", "min": 1e-4, "max": 1e-1, "log": True}],
+            "algorithm": {"type": "random", "seed": 1},
+            "earlyStopping": {"type": "asha", "minSteps": 30, "reductionFactor": 3},
+            "maxTrials": max_trials, "parallelism": parallelism,
+        },
+    }
+
+
+class Sweeps:
+    def __init__(self, cluster, namespace: str):
+        self.custom = client.CustomObjectsApi(cluster.api)
+        self.api = cluster.api
+        self.ns = namespace
+        self.jobs = Jobs(cluster.api, namespace)
+
+    def create(self, manifest: dict) -> None:
+        self.custom.create_namespaced_custom_object(GROUP, VERSION, self.ns, "trainingsweeps", manifest)
+
+    def get(self, name: str) -> dict:
+        return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.ns, "trainingsweeps", name)
+
+    def trials(self, name: str) -> list[dict]:
+        items = self.custom.list_namespaced_custom_object(GROUP, VERSION, self.ns, "trainingjobs",
+                                                          label_selector=f"{naming.LABEL_SWEEP}={name}")["items"]
+        return sorted(items, key=lambda j: int(j["metadata"]["labels"][naming.LABEL_TRIAL]))
+
+    def active(self, name: str) -> list[dict]:
+        return [t for t in self.trials(name) if (t.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+                and not t["spec"].get("suspend")]
+
+    def report(self, job: str, step: int, loss: float) -> None:
+        """What the operator's throughput reader writes for a training job: its step and loss."""
+        self.jobs.patch_status(job, {"throughput": {"step": step, "loss": loss}})
+
+    def finish(self, job: str) -> None:
+        self.jobs.wait(job, lambda s: s.get("readyReplicas") == 1, f"{job} running", 90)
+        for pod in self.jobs.pods(job):
+            gpu_pool.finish_pod(self.api, self.ns, pod.metadata.name, 0)
+        self.jobs.wait_phase(job, "Succeeded", 90)
+
+    def wait(self, name: str, pred, what: str, timeout: float = 90) -> dict:
+        return wait_status(lambda: self.get(name).get("status") or {}, pred, what, timeout)
+
+
+@pytest.fixture(scope="module")
+def operator(cluster, tmp_path_factory) -> Iterator[Operator]:
+    install_crd(cluster.api)
+    op = Operator(cluster.kubeconfig, tmp_path_factory.mktemp("sweep-operator") / "operator.log")
+    op.start()
+    yield op
+    op.stop()
+    assert "Traceback" not in op.log.read_text(), op.logs()
+
+
+@pytest.fixture
+def sweeps(cluster, operator, namespace) -> Iterator[Sweeps]:
+    s = Sweeps(cluster, namespace)
+    yield s
+    print(f"--- operator log (tail) ---\n{operator.logs()}")
+    for item in s.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "trainingsweeps")["items"]:
+        s.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "trainingsweeps", item["metadata"]["name"])
+    wait_gone(lambda: s.jobs.core.list_namespaced_pod(namespace).items, f"pods in {namespace}", timeout=90)
+
+
+def test_trials_run_within_parallelism_asha_prunes_and_the_sweep_succeeds(sweeps):
+    sweeps.create(sweep_manifest("lr", max_trials=4))
+    wait_for(lambda: len(sweeps.trials("lr")) == 2, timeout=60, what="two trials created")
+    t0, t1 = (t["metadata"]["name"] for t in sweeps.trials("lr"))
+    assert (t0, t1) == ("lr-t0", "lr-t1") and len(sweeps.active("lr")) <= 2
+    sweeps.report(t0, 300, 1.5)
+    sweeps.finish(t0)
+    # Far behind the finished trial at the first rung (step 30): ASHA stops it, its checkpoint kept.
+    sweeps.report(t1, 31, 5.0)
+    wait_for(lambda: sweeps.jobs.get(t1)["spec"].get("suspend") is True, timeout=60, what=f"{t1} pruned")
+    pruned = sweeps.jobs.get(t1)
+    assert pruned["metadata"]["annotations"][naming.ANNOTATION_TRIAL_OUTCOME].startswith("Pruned")
+    assert json.loads(pruned["metadata"]["annotations"][naming.ANNOTATION_TRIAL_VALUES]) == {"31": 5.0}
+    wait_for(lambda: len(sweeps.trials("lr")) == 4, timeout=60, what="the next two trials")
+    assert len(sweeps.active("lr")) <= 2
+    # Each better than every trial before it at every rung (ASHA keeps the top third).
+    for job, loss in (("lr-t2", 1.2), ("lr-t3", 1.1)):
+        sweeps.report(job, 300, loss)
+        sweeps.finish(job)
+    st = sweeps.wait("lr", lambda s: s.get("phase") == "Succeeded", "sweep Succeeded")
+    assert st["trials"] == {"pending": 0, "running": 0, "succeeded": 3, "pruned": 1, "failed": 0}
+    assert st["bestTrial"]["job"] == "lr-t3" and st["bestTrial"]["value"] == 1.1
+    assert st["prunedSteps"] == 300 - 31 and len(json.dumps(st)) < 16 * 1024
+
+
+def test_operator_sigkill_loses_no_trial_and_runs_none_twice_then_suspend_and_delete(sweeps, operator):
+    sweeps.create(sweep_manifest("kill", max_trials=5))
+    wait_for(lambda: len(sweeps.trials("kill")) == 2, timeout=60, what="two trials created")
+    operator.kill()
+    sweeps.report("kill-t0", 300, 1.4)
+    sweeps.jobs.patch_status("kill-t0", {"phase": "Succeeded"})  # as if it ended while no operator watched
+    operator.start()
+    wait_for(lambda: len(sweeps.trials("kill")) == 3, timeout=60, what="a third trial after the restart")
+    trials = sweeps.trials("kill")
+    assert [t["metadata"]["name"] for t in trials] == ["kill-t0", "kill-t1", "kill-t2"]
+    params = [t["metadata"]["annotations"][naming.ANNOTATION_TRIAL_PARAMETERS] for t in trials]
+    assert len(set(params)) == 3  # the rebuilt study drew something new
+    st = sweeps.wait("kill", lambda s: (s.get("trials") or {}).get("succeeded") == 1, "the finished trial counted")
+    assert st["bestTrial"]["job"] == "kill-t0"
+    # Suspending the sweep suspends its running trials and starts none.
+    sweeps.custom.patch_namespaced_custom_object(GROUP, VERSION, sweeps.ns, "trainingsweeps", "kill", {"spec": {"suspend": True}})
+    wait_for(lambda: not sweeps.active("kill"), timeout=60, what="trials suspended")
+    sweeps.wait("kill", lambda s: s.get("phase") == "Suspended", "sweep Suspended")
+    assert len(sweeps.trials("kill")) == 3
+    # Deleting the sweep deletes its trials (they are owned by it) and their pods.
+    sweeps.custom.delete_namespaced_custom_object(GROUP, VERSION, sweeps.ns, "trainingsweeps", "kill")
+    wait_gone(lambda: sweeps.trials("kill"), "trials of the deleted sweep", timeout=90)
