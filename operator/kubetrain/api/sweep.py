@@ -161,6 +161,14 @@ class Algorithm(ApiModel):
     pbt: PBTSpec | None = Field(None, description="Population-based training settings; only with type pbt.")
 
     cel_rules = (
+        # Population-based training needs trials that start from another trial's checkpoint, which
+        # the trainer cannot do yet: refused here, with the reason, rather than run as random search.
+        Rule(
+            "self.type != 'pbt'",
+            "spec.algorithm.type pbt is not available yet (trials cannot start from another trial's checkpoint); "
+            "use tpe, random, grid or cmaes",
+            lambda s: s.type != "pbt",
+        ),
         Rule(
             "self.type == 'pbt' || !has(self.pbt)",
             "spec.algorithm.pbt is only allowed when spec.algorithm.type is pbt",
