@@ -58,7 +58,7 @@ demo: $(STAMP) ## Train the built-in GPT locally: examples/minimal.yaml on two C
 
 .PHONY: cluster
 cluster: tools ## Start a local control plane with 4 simulated 8-GPU nodes and one real CPU node (prints the KUBECONFIG line)
-	$(PY) -m kubetrain.devcluster up
+	$(PY) -m kubetrain.devcluster up --real-node
 
 .PHONY: cluster-down
 cluster-down: $(STAMP) ## Stop the local control plane and the real node; restore the host (bridge, iptables, sysctls)

@@ -38,6 +38,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     existing = LocalCluster.from_state(state_dir())
     if existing.is_complete():
         log.info("already running (%s)", existing.api_url)
+        node = real_node.RealNode.recorded()
+        if args.real_node and (node is None or node.cluster_dir.resolve() != state_dir().resolve()):
+            log.warning("this cluster runs without the real node: `down`, then `up --real-node`")
         _print_export(existing)
         return 0
     failures = build.ensure(CLUSTER_COMPONENTS)
@@ -50,7 +53,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         missing = real_node.missing_prerequisites()
         if failures or missing:
             log.error("cannot start the real node (missing: %s%s); `make tools` installs and builds it, "
-                      "or pass --no-real-node", ", ".join(missing), "".join(f"; {n}: {e}" for n, e in failures.items()))
+                      "or leave out --real-node", ", ".join(missing), "".join(f"; {n}: {e}" for n, e in failures.items()))
             return 1
     started = time.monotonic()
     settings = real_node.cluster_settings() if args.real_node else None
@@ -80,8 +83,9 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def cmd_down(args: argparse.Namespace) -> int:
     # The node first, while the apiserver still runs; it restores the host even if its launcher died.
+    # Only this cluster's node: another cluster's (a test session's) is not ours to stop.
     node = real_node.RealNode.recorded()
-    if node is not None:
+    if node is not None and node.cluster_dir.resolve() == state_dir().resolve():
         node.down()
         log.info("real node stopped and the host restored")
     cluster = LocalCluster.from_state(state_dir())
@@ -147,8 +151,9 @@ def parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="build if needed, start the cluster and the GPU pool, print the export line")
     up.add_argument("--nodes", type=int, default=gpu_pool.DEFAULT_NODES)
     up.add_argument("--gpus", type=int, default=gpu_pool.DEFAULT_GPUS, help="per node")
-    up.add_argument("--no-real-node", dest="real_node", action="store_false",
-                    help="only the simulated pool: no kubelet, containerd, bridge or iptables changes")
+    # Off unless asked (`make cluster` asks): the real node needs root and changes the host's network.
+    up.add_argument("--real-node", action="store_true",
+                    help="also start the real CPU node (kubelet, containerd, bridge cni0, iptables guards, CoreDNS)")
     up.set_defaults(func=cmd_up)
     sub.add_parser("down", help="stop the cluster (idempotent)").set_defaults(func=cmd_down)
     sub.add_parser("status", help="which components run; exit 1 unless all do").set_defaults(func=cmd_status)
