@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 from bench.common import Run, fmt, md_table, summary
-from bench.scheduling_sim import DATA, POLICIES, load_app, read_workload, Simulator, goodput_model, SimJob, _max_replicas
+from bench.scheduling_sim import (DATA, POLICIES, SimJob, Simulator, goodput_model, load_app, max_replicas_for,
+                                  read_workload)
 from kubetrain.scheduling.allocator import AllocatorConfig, JobInput, allocate
 
 NAME = "scheduling"
@@ -60,7 +61,7 @@ def allocator_rounds(n_jobs: int, reps: int) -> dict:
     for k in range(n_jobs):
         name, t, app, r, bsz = rows[rng.randrange(len(rows))]
         a = load_app(app)
-        j = SimJob(f"job-{k}", a, float(k), r, bsz, _max_replicas(a, r, bsz / r, capacity))
+        j = SimJob(f"job-{k}", a, float(k), r, bsz, max_replicas_for(a, r, bsz / r, capacity))
         j.progress = rng.random() * a.total_progress
         jobs.append(j)
     out: dict = {"jobs": n_jobs, "capacity": capacity, "reps": reps, "first": [], "steady": [], "tables": []}
@@ -248,7 +249,8 @@ def render(doc: dict) -> str:
         "best-fit, and a job spanning nodes pays the fitted cross-node all-reduce.",
         "- **Baselines are ours**: Tiresias-like = discretised least-attained-service (queues at 1 and 10 GPU-hours), "
         "rigid at the requested replicas, preemptive, skips what does not fit; Pollux compared against Tiresias with its "
-        "own implementation and against Optimus+Oracle. FIFO is strict (no backfill), what a plain queue does; FIFO with backfill is shown as a stronger rigid baseline.",
+        "own implementation and against Optimus+Oracle. FIFO is strict (no backfill), what a plain queue does; "
+        "FIFO with backfill is shown as a stronger rigid baseline.",
         "- Rounds happen only every interval (arrivals wait for the next round) for every policy, as in Pollux's "
         "simulator; the operator will also run a round on arrival and finish.",
         "- Every start, resize or resume costs the restart time (Pollux charges 30 s per reallocation as well).",

@@ -131,7 +131,7 @@ def goodput_model(job: SimJob, elastic: bool, gpus_per_node: int) -> GoodputMode
                         max_local_batch=a.max_local_batch, gpus_per_node=gpus_per_node)
 
 
-def _max_replicas(app: App, requested: int, local: float, capacity: int) -> int:
+def max_replicas_for(app: App, requested: int, local: float, capacity: int) -> int:
     # Up to where the model's largest profiled batch is reached at the job's per-replica batch,
     # never below what the job asked for.
     return max(requested, min(capacity, max(1, int(app.max_batch // max(local, 1.0)))))
@@ -151,7 +151,7 @@ class Simulator:
         for name, t, app, r, bsz in workload:
             a = load_app(app, data)
             r = min(r, self.capacity)
-            self.jobs.append(SimJob(name, a, t, r, bsz, _max_replicas(a, r, bsz / r, self.capacity)))
+            self.jobs.append(SimJob(name, a, t, r, bsz, max_replicas_for(a, r, bsz / r, self.capacity)))
         self.round_seconds: list[float] = []
         self.gpu_seconds = 0.0
         self.useful_gpu_seconds = 0.0

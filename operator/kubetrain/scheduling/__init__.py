@@ -9,6 +9,7 @@ simulator (``bench/scheduling_sim.py``) and the unit tests run the same code:
 - ``goodput``: throughput x efficiency at each candidate replica count of one job;
 - ``allocator``: replicas for every job from min to max, maximising a fairness-weighted
   sum of speedups with a restart penalty (plain dataclasses in and out);
+- ``restart_cost``: what a resize costs a job, learned from its past resizes;
 - ``placement``: which nodes hold a job's replicas (packing, for the simulator).
 
 Not wired into the operator yet: see docs/scheduling.md.
