@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from kubetrain.api.advice import spec_warnings
 from kubetrain.api.manifests import ManifestError, load_any, load_sweeps, load_trainingjobs
 from kubetrain.api.models import TrainingJob
+from kubetrain.local_run import configmaps_in
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
@@ -37,19 +41,23 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def pod_only_settings(job: TrainingJob) -> list[str]:
+def pod_only_settings(job: TrainingJob, provided: dict[str, Any] | None = None) -> list[str]:
     """What of ``job`` only a pod can carry out: `kubetrain run` says so instead of ignoring it.
 
     Local processes run as you, with your files and your network: there are no volumes to mount,
-    no images to pull, no ServiceAccount, securityContext or pod metadata.
+    no images to pull, no ServiceAccount, securityContext or pod metadata. A configMap volume whose
+    ConfigMap is in ``provided`` (the manifest file) is the exception: ``kubetrain run`` writes it out.
     """
     pod, c = job.spec.pod, job.spec.container
+    local = {v.name for v in pod.volumes or () if v.config_map and v.config_map.name in (provided or {})}
+    volumes = [v for v in pod.volumes or () if v.name not in local]
+    mounts = [m for m in c.volume_mounts or () if m.name not in local]
     out = []
-    if pod.volumes:
-        out.append("spec.pod.volumes (" + ", ".join(f"{v.name}: {v.source()}" for v in pod.volumes)
+    if volumes:
+        out.append("spec.pod.volumes (" + ", ".join(f"{v.name}: {v.source()}" for v in volumes)
                    + "): nothing is mounted; paths the job reads must exist on this host")
-    if c.volume_mounts:
-        out.append("spec.container.volumeMounts (" + ", ".join(m.mount_path for m in c.volume_mounts) + ")")
+    if mounts:
+        out.append("spec.container.volumeMounts (" + ", ".join(m.mount_path for m in mounts) + ")")
     if pod.init_containers:
         out.append("spec.pod.initContainers (" + ", ".join(x.name for x in pod.init_containers)
                    + "): init containers and sidecars do not run")
@@ -74,14 +82,15 @@ def _first(load, path: str):
 def _cmd_run(args: argparse.Namespace) -> int:
     if (job := _first(load_trainingjobs, args.manifest)) is None:
         return 2
-    for line in pod_only_settings(job):
+    objects = [d for d in yaml.safe_load_all(Path(args.manifest).read_text()) if isinstance(d, dict)]
+    for line in pod_only_settings(job, provided=configmaps_in(objects)):
         print(f"kubetrain run: not applied on this host: {line}", file=sys.stderr)
     for warning in spec_warnings(job):
         print(f"kubetrain run: warning: {warning}", file=sys.stderr)
     # Imported late: the local runner needs the trainer extra (torch).
     from kubetrain.local_run import run_locally
 
-    return run_locally(job, replicas=args.replicas, max_steps=args.max_steps, workdir=args.workdir)
+    return run_locally(job, replicas=args.replicas, max_steps=args.max_steps, workdir=args.workdir, objects=objects)
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:

@@ -389,6 +389,7 @@ def run_local(
     out: TextIO | None = None,
     timeout: float | None = None,
     extra_env: dict[str, str] | None = None,
+    program: tuple[str, ...] | None = None,
 ) -> LocalRunResult:
     """Run ``contract`` locally on ``replicas`` agents × ``nproc_per_node`` CPU/GPU processes; show progress; summarise.
 
@@ -404,7 +405,7 @@ def run_local(
     if not contract.checkpoint_dir:
         contract = contract.replace(checkpoint_dir=str(workdir / "checkpoints"))
     job = LocalJob(contract, replicas=replicas, nproc_per_node=nproc_per_node, min_replicas=min_replicas,
-                   max_restarts=max_restarts, workdir=workdir, extra_env=extra_env)
+                   max_restarts=max_restarts, workdir=workdir, extra_env=extra_env, program=program)
     tty = hasattr(out, "isatty") and out.isatty()
     first_loss = None
     last_printed_decile = -1
@@ -449,7 +450,11 @@ def run_local(
         _say(out)
     codes = job.poll()
     messages = job.termination_messages()
-    completed = bool(st and st["step"] >= st["max_steps"] and any(c == 0 for c in codes.values()))
+    if program is not None:
+        # The user's own program reports no steps: it completed when every agent exited 0.
+        completed = not stop.requested and bool(codes) and all(c == 0 for c in codes.values())
+    else:
+        completed = bool(st and st["step"] >= st["max_steps"] and any(c == 0 for c in codes.values()))
     if completed:
         rc = 0
     elif stop.requested:
@@ -479,6 +484,10 @@ def _summary(contract, job, st, first_loss, completed, rc, codes, messages, urls
         if st.get("mfu") is not None:
             lines.append(f"  MFU         {st['mfu']:.1%}")
         lines.append(f"  goodput     {st.get('goodput', 0):.1%}")
+    elif job.program is not None:
+        lines.append(f"  program     {' '.join(job.program)} (your own: no steps or loss reported to kubetrain)")
+        tail = job.logs(0).strip().splitlines()[-5:] if job.agents else []
+        lines += [f"  | {line}" for line in tail]
     else:
         lines.append("  no step finished")
     saved = job.latest_checkpoint()  # what is on disk, not the last status: the stop's own save comes after it
