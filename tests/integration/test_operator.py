@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -67,10 +68,11 @@ class Operator:
         return self.log.read_text()[-6000:]
 
 
-@pytest.fixture(scope="module")
-def operator(cluster, tmp_path_factory) -> Iterator[Operator]:
+@contextmanager
+def running_operator(cluster, tmp_path_factory, env: dict[str, str] | None = None) -> Iterator[Operator]:
+    """The CRD installed and an operator started; on exit, stopped and its log checked."""
     install_crd(cluster.api)
-    op = Operator(cluster.kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log")
+    op = Operator(cluster.kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log", env)
     op.start()
     yield op
     op.stop()
@@ -78,6 +80,12 @@ def operator(cluster, tmp_path_factory) -> Iterator[Operator]:
     assert "Traceback" not in op.log.read_text(), op.logs()
     # SIGTERM ran the cleanup handler: what startup started is stopped.
     assert "kubetrain operator stopped" in op.log.read_text(), op.logs()
+
+
+@pytest.fixture(scope="module")
+def operator(cluster, tmp_path_factory) -> Iterator[Operator]:
+    with running_operator(cluster, tmp_path_factory) as op:
+        yield op
 
 
 @pytest.fixture

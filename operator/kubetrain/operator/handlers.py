@@ -1,13 +1,16 @@
 """Kopf wiring only: settings, the runtime's start and stop, watch indexes, and handlers that delegate.
 
-Create, resume, update and a timer call the same level-triggered ``reconcile.reconcile_job``;
-the pods and nodes it needs come from Kopf's in-memory indexes (fed by watches), so a
-reconcile makes no reads in the steady state and writes only on a difference.
-The runtime (``runtime.OperatorRuntime``) is in Kopf's memo, not in this module.
+Create, resume, update, a timer and the job's pod events call the same level-triggered
+``reconcile.reconcile_job``; the pods and nodes it needs come from Kopf's in-memory
+indexes (fed by watches), so a reconcile makes no reads in the steady state and writes
+only on a difference. The runtime (``runtime.OperatorRuntime``) is in Kopf's memo,
+not in this module.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 from typing import Any
 
@@ -116,10 +119,18 @@ def on_change(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: loggi
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=RECONCILE_INTERVAL, initial_delay=1.0, backoff=RETRY_BACKOFF)
-def periodic(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: logging.Logger, job_pods: kopf.Index,
-             gpu_nodes: kopf.Index, gpus_in_use: kopf.Index, gpus_pending: kopf.Index, **_: Any) -> None:
-    reconcile.reconcile_job(body, patch, OperatorRuntime.of(memo), JobMemo.of(memo), logger,
-                            Indexes(job_pods, gpu_nodes, gpus_in_use, gpus_pending))
+def periodic(namespace: str, name: str, body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: logging.Logger,
+             job_pods: kopf.Index, gpu_nodes: kopf.Index, gpus_in_use: kopf.Index, gpus_pending: kopf.Index, **_: Any) -> None:
+    runtime, state, idx = OperatorRuntime.of(memo), JobMemo.of(memo), Indexes(job_pods, gpu_nodes, gpus_in_use, gpus_pending)
+    # A timer's body is the live one Kopf keeps fresh: what a pod event's wake reconciles from.
+    runtime.wakes.register((namespace, name), functools.partial(reconcile.woken, body, runtime, state, logger, idx))
+    reconcile.reconcile_job(body, patch, runtime, state, logger, idx)
+
+
+@kopf.on.event("pods", labels={naming.LABEL_JOB: kopf.PRESENT})
+async def wake_job(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+    """A pod of a job changed: reconcile the job soon (coalesced with the pod's siblings' events)."""
+    OperatorRuntime.of(memo).wakes.wake((namespace, labels[naming.LABEL_JOB]), asyncio.get_running_loop())
 
 
 def _orphaned(meta: kopf.Meta, **_: Any) -> bool:

@@ -114,6 +114,14 @@ class Kube:
         }[kind]
         return _found(lambda: read(name, namespace))
 
+    def patch_job_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        """Merge ``status`` into the job's status; a job already gone is not an error."""
+        try:
+            self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, {"status": status})
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
     def job_exists(self, namespace: str, name: str) -> bool:
         return _found(lambda: self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name))
 

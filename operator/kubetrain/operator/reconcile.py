@@ -4,6 +4,11 @@
 (``planner.plan``, pure); the others read the watch indexes and the API, write to
 the API, or report: status, Events and metrics. Every step takes the runtime and
 the job's memo as arguments, so each can be run alone with a fake Kube.
+
+Create, update, resume, the timer and pod events (``wakes``) all run it. Status is
+written by the reconcile itself, under the job's lock, not left in Kopf's patch:
+Kopf applies a patch after the handler returns, when a woken reconcile may already
+have written a newer status that the older patch would then overwrite.
 """
 
 from __future__ import annotations
@@ -69,10 +74,10 @@ def reconcile_job(body: kopf.Body | dict[str, Any], patch: kopf.Patch, runtime: 
     raw = plain(body)
     if raw["metadata"].get("deletionTimestamp"):
         return
-    job = parse(raw, body, patch, post)
-    if job is None or hold_for_queue(raw, job, patch):
-        return
     with state.lock:
+        job = parse(raw, body, runtime, state, post)
+        if job is None or hold_for_queue(raw, job, patch):
+            return
         started = time.monotonic()
         # Our last write may not be in this body yet: never step status backwards.
         raw["status"] = {**(raw.get("status") or {}), **state.status}
@@ -80,6 +85,9 @@ def reconcile_job(body: kopf.Body | dict[str, Any], patch: kopf.Patch, runtime: 
             obs = observe(job, raw, runtime, idx, state)
             result, planned = decide(job, raw, obs, idx, runtime.reservations)
             refused = execute_or_refused(result, planned, job, raw, runtime, state)
+            planner.record_create_failure(result, raw["status"], refused, obs.now)
+            reflect_throughput(job, raw, obs, result, runtime.throughput)
+            write_status(raw, result, runtime.kube, state)
         except ApiException as exc:
             runtime.metrics.reconcile_errors.inc()
             if exc.status == 403 and "NamespaceTerminating" in (exc.body or ""):
@@ -89,17 +97,26 @@ def reconcile_job(body: kopf.Body | dict[str, Any], patch: kopf.Patch, runtime: 
         except Exception:
             runtime.metrics.reconcile_errors.inc()
             raise
-        planner.record_create_failure(result, raw["status"], refused, obs.now)
-        reflect_throughput(job, raw, obs, result, runtime.throughput)
+        # After the status write: a round whose status did not land is planned again, and reported then.
         record_metrics(job, raw, result, state, runtime.metrics, started)
-        write_status(raw, result, patch, state)
         for etype, reason, message in result.events:
             post(body, type=etype, reason=reason, message=message)
         if result.delete_job:
             logger.info("ttlSecondsAfterFinished elapsed: deleted the job")
 
 
-def parse(raw: dict[str, Any], body: Any, patch: kopf.Patch, post: Post) -> TrainingJob | None:
+def woken(body: kopf.Body, runtime: OperatorRuntime, state: JobMemo, logger: logging.Logger, idx: Indexes) -> None:
+    """A reconcile that a pod event woke (see ``wakes``). It writes status itself; a spec or label
+    patch (the Kueue hold) is left to Kopf's handlers, and an error to the timer's next round."""
+    try:
+        reconcile_job(body, kopf.Patch(), runtime, state, logger, idx)
+    except kopf.TemporaryError as exc:
+        logger.info("woken reconcile: %s; the timer tries again", exc)
+    except Exception:  # noqa: BLE001 - nothing awaits this thread: say it here, never lose it
+        logger.exception("woken reconcile failed; the timer tries again")
+
+
+def parse(raw: dict[str, Any], body: Any, runtime: OperatorRuntime, state: JobMemo, post: Post) -> TrainingJob | None:
     """The job's spec as models, or None after saying (once) in its status why it is not valid."""
     try:
         return TrainingJob.model_validate({k: v for k, v in raw.items() if k != "status"}
@@ -107,9 +124,11 @@ def parse(raw: dict[str, Any], body: Any, patch: kopf.Patch, post: Post) -> Trai
     except ValidationError as exc:
         # Passed the CRD but not the models (e.g. an older CRD): say so once, never crash or loop.
         message = "; ".join(format_errors(exc))
-        if (raw.get("status") or {}).get("phase") != "Failed":
-            patch.status.update(phase="Failed", conditions=[{"type": "Failed", "status": "True", "reason": "InvalidSpec",
-                                                              "message": message[:32768], "lastTransitionTime": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}])
+        if "Failed" not in ((raw.get("status") or {}).get("phase"), state.status.get("phase")):
+            failed = {"phase": "Failed", "conditions": [{"type": "Failed", "status": "True", "reason": "InvalidSpec", "message": message[:32768],
+                                                          "lastTransitionTime": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}]}
+            runtime.kube.patch_job_status(raw["metadata"]["namespace"], raw["metadata"]["name"], failed)
+            state.status.update(failed)
             post(body, type="Warning", reason="InvalidSpec", message=message[:1024])
         return None
 
@@ -300,11 +319,11 @@ def record_metrics(job: TrainingJob, raw: dict[str, Any], result: planner.Plan, 
     metrics.reconcile.observe(now - started)
 
 
-def write_status(raw: dict[str, Any], result: planner.Plan, patch: kopf.Patch, state: JobMemo) -> None:
+def write_status(raw: dict[str, Any], result: planner.Plan, kube: Kube, state: JobMemo) -> None:
     """Patch only the status fields that changed, and remember them (see ``JobMemo.status``)."""
     changes = {k: v for k, v in result.status.items() if raw["status"].get(k) != v}
     if changes:
-        patch.status.update(changes)
+        kube.patch_job_status(raw["metadata"]["namespace"], raw["metadata"]["name"], changes)
         state.status.update(changes)
 
 

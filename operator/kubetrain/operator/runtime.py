@@ -22,6 +22,7 @@ from kubetrain.operator import capacity
 from kubetrain.operator.metrics import OperatorMetrics
 from kubetrain.operator.settings import OperatorConfig
 from kubetrain.operator.throughput import PodScrapeSource, PrometheusSource, ThroughputReader
+from kubetrain.operator.wakes import Wakes
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -33,7 +34,7 @@ JOB_KEY = "job"
 
 
 class OperatorRuntime:
-    """Config, API client, metrics, the reservation ledger and the throughput reader of one operator."""
+    """Config, API client, metrics, the reservation ledger, the throughput reader and the wakes of one operator."""
 
     def __init__(self, config: OperatorConfig, kube: Kube, throughput: ThroughputReader | None = None):
         self.config = config
@@ -46,6 +47,7 @@ class OperatorRuntime:
             source = PrometheusSource(config.prometheus_url) if config.prometheus_url else PodScrapeSource()
             throughput = ThroughputReader(source, config.throughput_interval_seconds)
         self.throughput = throughput
+        self.wakes = Wakes()
         self._metrics_server: WSGIServer | None = None
 
     @classmethod
@@ -69,9 +71,10 @@ class OperatorRuntime:
         self.kube.close()
 
     def forget(self, namespace: str, job: str) -> None:
-        """Drop what the runtime keeps for a deleted job: its metric series and throughput targets."""
+        """Drop what the runtime keeps for a deleted job: its metric series, throughput targets and wake."""
         self.metrics.forget(namespace, job)
         self.throughput.register_pods((namespace, job), [])
+        self.wakes.forget((namespace, job))
 
 
 @dataclass

@@ -1,0 +1,55 @@
+"""Pod events wake their job's reconcile, so status follows the pods instead of the timer.
+
+The first pod event of a burst schedules one reconcile ``delay`` seconds later; the
+events until it starts join it (coalesced), so a gang of pods turning Running costs
+one reconcile. An event that arrives while that reconcile runs schedules the next.
+The job's timer stays as the level-triggered safety net: a lost wake is only late.
+
+A job's timer registers what a wake runs (the timer's body is the live one Kopf keeps
+fresh); a job without a registration, not yet timed or already deleted, is not woken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import threading
+from collections.abc import Callable
+
+JobKey = tuple[str, str]  # (namespace, job)
+# Long enough to gather a gang's events (they come within milliseconds of each other),
+# short enough that status follows the pods within a second.
+DEBOUNCE_SECONDS = 0.2
+
+
+class Wakes:
+    def __init__(self, delay: float = DEBOUNCE_SECONDS):
+        self.delay = delay
+        self._runs: dict[JobKey, Callable[[], None]] = {}
+        self._pending: set[JobKey] = set()
+        self._guard = threading.Lock()  # register/forget come from handler threads, wake from the loop
+
+    def register(self, key: JobKey, run: Callable[[], None]) -> None:
+        with self._guard:
+            self._runs[key] = run
+
+    def forget(self, key: JobKey) -> None:
+        with self._guard:
+            self._runs.pop(key, None)
+
+    def wake(self, key: JobKey, loop: asyncio.AbstractEventLoop) -> bool:
+        """Schedule the job's reconcile (call on ``loop``); False when one is pending already or none is registered."""
+        with self._guard:
+            if key in self._pending or key not in self._runs:
+                return False
+            self._pending.add(key)
+        # The reconcile posts Events through Kopf's context variables: run it in this context.
+        loop.call_later(self.delay, self._fire, key, loop, contextvars.copy_context())
+        return True
+
+    def _fire(self, key: JobKey, loop: asyncio.AbstractEventLoop, context: contextvars.Context) -> None:
+        with self._guard:
+            self._pending.discard(key)
+            run = self._runs.get(key)
+        if run is not None:
+            loop.run_in_executor(None, context.run, run)

@@ -1,0 +1,55 @@
+"""Pod events wake their job's reconcile: debounced, coalesced, in Kopf's context."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import time
+
+from kubetrain.operator.wakes import Wakes
+
+KEY = ("ns", "j")
+CONTEXT = contextvars.ContextVar("context")  # stands for Kopf's event queue, which a reconcile posts Events to
+
+
+async def _until(cond, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+def test_a_burst_of_pod_events_costs_one_reconcile_and_the_next_burst_another():
+    runs: list[str] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        wakes = Wakes(delay=0.05)
+        CONTEXT.set("kopf")
+        wakes.register(KEY, lambda: runs.append(CONTEXT.get("none")))
+        assert wakes.wake(KEY, loop)
+        assert not any(wakes.wake(KEY, loop) for _ in range(20))  # joined the pending one
+        await _until(lambda: len(runs) == 1)
+        await asyncio.sleep(0.1)
+        assert runs == ["kopf"]  # one run, in the context of the event that scheduled it
+        assert wakes.wake(KEY, loop)
+        await _until(lambda: len(runs) == 2)
+
+    asyncio.run(main())
+
+
+def test_a_job_is_not_woken_before_its_timer_registers_it_or_after_it_is_forgotten():
+    runs: list[int] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        wakes = Wakes(delay=0.01)
+        assert not wakes.wake(KEY, loop)
+        wakes.register(KEY, lambda: runs.append(1))
+        assert wakes.wake(KEY, loop)
+        wakes.forget(KEY)  # deleted before the debounce ended: the pending wake runs nothing
+        await asyncio.sleep(0.1)
+        assert not wakes.wake(KEY, loop)
+
+    asyncio.run(main())
+    assert runs == []
