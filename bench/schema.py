@@ -111,6 +111,17 @@ RESULTS = {
             "by_size": {"type": "object", "minProperties": 1},
         },
     },
+    "sweeps": {
+        "type": "object",
+        "required": ["runs", "strategies", "headline"],
+        "properties": {
+            "runs": {"type": "array", "minItems": 1, "items": {
+                "type": "object", "required": ["strategy", "seed", "best_loss", "trial_steps", "wall_seconds", "states"],
+                "properties": {"trial_steps": {"type": "integer", "minimum": 0}}}},
+            "strategies": {"type": "object", "required": ["random", "tpe", "random + asha", "tpe + asha"]},
+            "headline": {"type": "object", "required": ["tpe_asha_compute_vs_random", "asha_saved_vs_tpe", "goal_met"]},
+        },
+    },
 }
 
 
