@@ -5,7 +5,9 @@ A cluster of N nodes x G GPUs replays a Pollux workload CSV (bench/data/pollux-o
 progresses at its true rate, and every start, resize or resume costs it ``restart`` seconds of
 no progress. Policies, in the same run:
 
-- ``elastic``: kubetrain.scheduling.allocator (ours), jobs between 1 and their max replicas;
+- ``elastic``: kubetrain.scheduling.allocator (ours), jobs between 1 and their max replicas,
+  predicting with the true step-time model, or (``learn=True``) with one fitted to the step
+  times the job itself has reported so far (kubetrain.scheduling.throughput_model.fit);
 - ``fifo``: rigid, the requested replicas, strict arrival order (no backfill);
 - ``fifo_backfill``: the same, but a later job that fits starts while the head waits (a
   stronger rigid baseline than the issue's, shown so the gain is not read off a weak one);
@@ -109,6 +111,9 @@ class SimJob:
     lost_seconds: float = 0.0
     attained: float = 0.0  # GPU-seconds held
     finish: float | None = None
+    # What the job's trainer has reported, when the allocator learns throughput online:
+    observed: dict = field(default_factory=dict)  # (replicas, nodes, micro, accum) -> step time
+    fitted: StepTimeParams | None = None
 
     @property
     def local_batch(self) -> float:
@@ -122,11 +127,13 @@ def read_workload(path: Path, limit: int | None = None) -> list[tuple[str, float
     return rows[:limit] if limit else rows
 
 
-def goodput_model(job: SimJob, elastic: bool, gpus_per_node: int) -> GoodputModel:
+def goodput_model(job: SimJob, elastic: bool, gpus_per_node: int,
+                  params: StepTimeParams | None = None) -> GoodputModel:
     """What the job runs: elastic keeps its per-replica batch (kubetrain's trainer), capped at the
-    model's largest profiled batch; rigid runs the requested global batch."""
+    model's largest profiled batch; rigid runs the requested global batch. ``params``: the step-time
+    model to predict with (default: the truth)."""
     a = job.app
-    return GoodputModel(step_time=a.params, local_batch=job.local_batch, base_batch=a.base_batch,
+    return GoodputModel(step_time=params or a.params, local_batch=job.local_batch, base_batch=a.base_batch,
                         noise_scale=a.noise_scale(job.progress), max_batch=a.max_batch if elastic else None,
                         max_local_batch=a.max_local_batch, gpus_per_node=gpus_per_node)
 
@@ -140,12 +147,17 @@ def max_replicas_for(app: App, requested: int, local: float, capacity: int) -> i
 class Simulator:
     def __init__(self, workload: list, policy: str, *, nodes: int = 16, gpus_per_node: int = 4,
                  interval: float = 60.0, restart: float = 30.0, config: AllocatorConfig | None = None,
-                 data: Path = DATA):
+                 learn: bool = False, data: Path = DATA):
         if policy not in POLICIES:
             raise ValueError(policy)
         self.policy, self.nodes, self.gpn = policy, nodes, gpus_per_node
         self.capacity = nodes * gpus_per_node
         self.interval, self.restart = interval, restart
+        # learn=False: the allocator predicts with the true (fitted-to-all-measurements) model;
+        # learn=True: with a model fitted only to the step times this job has reported so far,
+        # linear scaling before its first report (what the operator will have).
+        self.learn = learn
+        self.fits = 0
         self.config = config or AllocatorConfig(interval_seconds=interval)
         self.jobs = []
         for name, t, app, r, bsz in workload:
@@ -188,7 +200,10 @@ class Simulator:
     def _elastic(self, active: list[SimJob], now: float) -> dict[str, int]:
         inputs = []
         for j in active:
-            table = goodput_model(j, True, self.gpn).table(j.max_replicas)
+            if self.learn and j.fitted is None:
+                table = ()
+            else:
+                table = goodput_model(j, True, self.gpn, j.fitted if self.learn else None).table(j.max_replicas)
             inputs.append(JobInput(name=j.name, min_replicas=1, max_replicas=j.max_replicas,
                                    current_replicas=j.replicas, goodput=table, arrival=j.arrival,
                                    restart_seconds=self.restart, started=j.started, last_change=j.last_change))
@@ -205,6 +220,13 @@ class Simulator:
         m, micro, accum = gm.batch(j.replicas)
         nodes = len(j.placement)
         step = j.app.params.step_time(j.replicas, nodes, micro, accum)
+        if self.learn:
+            key = (j.replicas, nodes, micro, accum)
+            if key not in j.observed:
+                # A new configuration reported: refit this job's model on all it has reported.
+                j.observed[key] = step
+                j.fitted = fit([StepObservation(r, n, b, t, k) for (r, n, b, k), t in sorted(j.observed.items())])
+                self.fits += 1
         e = efficiency(m, j.app.base_batch, gm.noise_scale)
         rate = e * m / j.app.base_batch / step
         # Useful share: statistical efficiency x parallel efficiency (vs one replica at the same micro-batch).
@@ -298,6 +320,7 @@ class Simulator:
             "restarts_per_job": sum(j.restarts for j in self.jobs) / len(self.jobs),
             "lost_seconds_per_job": sum(j.lost_seconds for j in self.jobs) / len(self.jobs),
             "rounds": len(rs),
+            "fits": self.fits,
             "round_seconds_median": rs[len(rs) // 2] if rs else None,
             "round_seconds_max": rs[-1] if rs else None,
         }

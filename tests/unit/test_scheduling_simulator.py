@@ -77,3 +77,11 @@ def test_place_packs_keeps_and_refuses():
     assert again["a"] == got["a"] and sum(again["d"].values()) == 5 and len(again["d"]) == 2
     with pytest.raises(ValueError):
         place({"a": 9}, {}, nodes=2, gpus_per_node=4)
+
+
+def test_learning_throughput_online_fits_each_new_configuration():
+    r = run("elastic", learn=True)
+    assert r["finished"] == r["jobs"]
+    # Every job reports at least its first configuration; each new one triggers a refit.
+    assert r["fits"] >= len(TRACE)
+    assert run("elastic")["fits"] == 0

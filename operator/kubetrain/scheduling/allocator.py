@@ -49,7 +49,9 @@ class JobInput:
     goodput: tuple[float, ...] = ()
     priority: int = 0
     arrival: float = 0.0  # creation time, s
-    managed: bool = True  # False: opted out; kept as it is and its GPUs counted
+    # False: opted out. A running one keeps its replicas (its GPUs are counted, never moved); a pending
+    # one holds its min in the queue order, since the existing machinery will start it when GPUs free up.
+    managed: bool = True
     restart_seconds: float = 25.0  # what one resize costs this job (learned: restart_cost.py)
     started: float | None = None  # when it first ran (age = now - started)
     last_change: float | None = None  # when its replicas last changed

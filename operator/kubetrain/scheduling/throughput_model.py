@@ -61,8 +61,9 @@ class StepTimeParams:
 class StepObservation:
     replicas: int
     nodes: int
-    local_batch: float
+    local_batch: float  # one micro-batch
     step_time: float  # seconds, as the trainer reports it (mean over a window)
+    accum_steps: int = 1
 
 
 # The priors a parameter keeps when nothing observed can move it: sync costs ~0 (optimistic
@@ -85,7 +86,7 @@ def _from_theta(t: Sequence[float]) -> StepTimeParams:
 
 def _residuals(theta: Sequence[float], obs: Sequence[StepObservation]) -> list[float]:
     p = _from_theta(theta)
-    return [math.log(p.step_time(o.replicas, o.nodes, o.local_batch)) - math.log(o.step_time) for o in obs]
+    return [math.log(p.step_time(o.replicas, o.nodes, o.local_batch, o.accum_steps)) - math.log(o.step_time) for o in obs]
 
 
 def _solve(a: list[list[float]], b: list[float]) -> list[float]:
@@ -112,7 +113,7 @@ def _initial(obs: Sequence[StepObservation]) -> StepTimeParams:
     """Compute terms from the single-replica points (a line through step time vs batch), the rest at the prior."""
     single = [o for o in obs if o.replicas <= 1] or list(obs)
     xs = [o.local_batch for o in single]
-    ys = [o.step_time for o in single]
+    ys = [o.step_time / o.accum_steps for o in single]
     mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
     var = sum((x - mx) ** 2 for x in xs)
     slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var if var > 0 else my / max(mx, 1.0) / 2
@@ -171,5 +172,6 @@ def fit(observations: Sequence[StepObservation], initial: StepTimeParams | None 
 
 def rms_log_error(params: StepTimeParams, observations: Sequence[StepObservation]) -> float:
     """Root-mean-square of log(predicted / observed): 0.1 is about a 10% typical error."""
-    r = [math.log(params.step_time(o.replicas, o.nodes, o.local_batch) / o.step_time) for o in observations]
+    r = [math.log(params.step_time(o.replicas, o.nodes, o.local_batch, o.accum_steps) / o.step_time)
+         for o in observations]
     return math.sqrt(sum(x * x for x in r) / len(r))
