@@ -38,7 +38,9 @@ def sampler(spec: TrainingSweepSpec, drawn: int = 0) -> optuna.samplers.BaseSamp
         return optuna.samplers.GridSampler(space.grid(spec.parameters), seed=seed)
     if algo.type == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
-    return optuna.samplers.TPESampler(seed=seed)
+    # TPE starts with random draws before it models anything: Optuna's 10 would make a sweep of fewer
+    # than 10 trials a random search. A quarter of the budget, at least 2 and at most 10.
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(10, spec.max_trials // 4)))
 
 
 def pruner(spec: TrainingSweepSpec) -> optuna.pruners.BasePruner:
