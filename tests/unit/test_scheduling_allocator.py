@@ -169,3 +169,10 @@ def test_a_thousand_jobs_fit_the_capacity():
     jobs = [JobInput(f"j{k}", 1, 64, goodput=scaling(64, rng.uniform(0.05, 1.0)), arrival=float(k)) for k in range(1000)]
     a = allocate(jobs, 2000, now=0.0)
     assert a.used == 2000 and all(r >= 1 for r in a.replicas.values())
+
+
+def test_a_job_whose_model_says_zero_still_gets_its_min_and_no_more():
+    broken = JobInput("broken", 2, 8, goodput=(0.0,) * 9, arrival=1.0)
+    fine = JobInput("fine", 1, 8, goodput=scaling(8, 0.8), arrival=2.0)
+    a = allocate([broken, fine], 8, now=0.0)
+    assert a.replicas == {"broken": 2, "fine": 6}

@@ -119,7 +119,9 @@ class _Curve:
         pen = restart_factor(job, now, cfg) if job.current_replicas > 0 else 1.0
         p = cfg.fairness
         cur = job.current_replicas
-        self.u = [job.weight * _utility(_goodput(job, r) / base * (1.0 if (r == cur or cur == 0) else pen), p)
+        # A speedup floor keeps every utility finite (a zero goodput in a table would make U = -inf
+        # and cut the job out of the hull walk at its starting point).
+        self.u = [job.weight * _utility(max(_goodput(job, r) / base * (1.0 if r == cur or cur == 0 else pen), 1e-9), p)
                   for r in range(lo, hi + 1)]
 
     def at(self, r: int) -> float:
@@ -130,8 +132,6 @@ class _Curve:
         pts: list[int] = []
         for r in range(start, self.hi + 1):
             ur = self.at(r)
-            if ur == -math.inf:
-                continue
             while len(pts) >= 2:
                 a, b = pts[-2], pts[-1]
                 # b lies on or under the chord a-r: drop it (cross-multiplied slopes, no division).
