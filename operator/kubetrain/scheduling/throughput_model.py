@@ -1,6 +1,6 @@
 """Step time of a data-parallel job against replicas, nodes spanned and per-replica batch.
 
-The model form is Pollux's (OSDI'21, section 3.2), written here from the paper's formulas:
+The model form is Pollux's (OSDI'21), written here from the paper's formulas:
 
 - compute:  T_c = alpha_c + beta_c * local_batch
 - sync:     T_s = alpha + beta * max(replicas - 2, 0), with (alpha_r, beta_r) when every replica
