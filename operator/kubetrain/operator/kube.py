@@ -39,7 +39,11 @@ class Kube:
             config.load_incluster_config()
         except config.ConfigException:
             config.load_kube_config()
-        return cls(client.ApiClient())
+        cfg = client.Configuration.get_default_copy()
+        # Kopf's 8 handler threads and the wakes' executor threads share this client: urllib3's
+        # default pool of 10 discards connections in a burst ("Connection pool is full").
+        cfg.connection_pool_maxsize = 32
+        return cls(client.ApiClient(cfg))
 
     def close(self) -> None:
         self.api.close()
