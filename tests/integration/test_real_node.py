@@ -116,34 +116,111 @@ def test_operator_runs_from_the_chart_as_its_service_account(cluster, deployed):
 
 
 def test_two_cpu_replicas_train_to_succeeded(cluster, deployed, namespace):
-    api = client.CustomObjectsApi(cluster.api)
-    core = client.CoreV1Api(cluster.api)
-    api.create_namespaced_custom_object("kubetrain.dev", "v1alpha1", namespace, "trainingjobs", {
-        "apiVersion": "kubetrain.dev/v1alpha1", "kind": "TrainingJob",
-        "metadata": {"name": "gpt-real"},
-        "spec": {"replicas": {"min": 2, "max": 2}, "trainer": {"maxSteps": 60}},
-    })
-    seen = {"nodes": set(), "tokens": 0.0, "world": 0, "losses": []}
-
-    def finished():
-        for p in core.list_namespaced_pod(namespace).items:
-            if p.spec.node_name:
-                seen["nodes"].add(p.spec.node_name)
-            # The pods go when the job succeeds: read rank 0's losses while it runs.
-            if p.metadata.name.startswith("gpt-real-w0") and p.status.phase == "Running":
-                with contextlib.suppress(client.ApiException):
-                    losses = [float(x) for x in LOSS.findall(core.read_namespaced_pod_log(p.metadata.name, namespace))]
-                    seen["losses"] = losses if len(losses) >= len(seen["losses"]) else seen["losses"]
-        job = api.get_namespaced_custom_object("kubetrain.dev", "v1alpha1", namespace, "trainingjobs", "gpt-real")
-        status = job.get("status", {})
-        seen["tokens"] = max(seen["tokens"], status.get("throughput", {}).get("tokensPerSecond", 0.0))
-        seen["world"] = max(seen["world"], status.get("worldSize", 0))
-        return status if status.get("phase") in ("Succeeded", "Failed") else None
-
-    started = time.monotonic()
-    status = wait_for(finished, timeout=600, what="TrainingJob gpt-real to finish")
-    print(f"2-replica job {status['phase']} in {time.monotonic() - started:.1f}s; {seen}")
+    status, seen = run_job(cluster, namespace, "gpt-real", {"replicas": {"min": 2, "max": 2}, "trainer": {"maxSteps": 60}})
     assert status["phase"] == "Succeeded", status
     assert seen["nodes"] == {real_node.NODE_NAME}
     assert seen["world"] == 2 and seen["tokens"] > 0
     assert len(seen["losses"]) >= 2 and seen["losses"][-1] < seen["losses"][0], seen["losses"]
+
+
+@pytest.fixture
+def shared_checkpoints(cluster, node, namespace):
+    """A ReadWriteMany claim every pod of the node can mount: a hostPath PersistentVolume in the node's state dir.
+
+    One node only: on a real cluster use an RWX storage class (NFS, CephFS, a cloud file store).
+    """
+    path = node.state_dir / "volumes" / namespace
+    path.mkdir(parents=True)
+    path.chmod(0o777)  # the trainer runs as uid 1000
+    core = client.CoreV1Api(cluster.api)
+    name = f"ckpt-{namespace}"
+    core.create_persistent_volume({
+        "metadata": {"name": name},
+        "spec": {"capacity": {"storage": "5Gi"}, "accessModes": ["ReadWriteMany"],
+                 "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "real-node-hostpath",
+                 "hostPath": {"path": str(path), "type": "Directory"}},
+    })
+    core.create_namespaced_persistent_volume_claim(namespace, {
+        "metadata": {"name": "ckpt"},
+        "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "real-node-hostpath", "volumeName": name,
+                 "resources": {"requests": {"storage": "5Gi"}}},
+    })
+    yield "ckpt"
+    core.delete_persistent_volume(name)
+
+
+def run_job(cluster, namespace, name: str, spec: dict, during=None, timeout: float = 900) -> tuple[dict, dict]:
+    """Create a TrainingJob, call ``during(status, pods)`` on every poll, wait until it ends; return its status and what was seen."""
+    api = client.CustomObjectsApi(cluster.api)
+    core = client.CoreV1Api(cluster.api)
+    api.create_namespaced_custom_object("kubetrain.dev", "v1alpha1", namespace, "trainingjobs", {
+        "apiVersion": "kubetrain.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": name}, "spec": spec})
+    seen = {"nodes": set(), "tokens": 0.0, "world": 0, "losses": [], "worlds": []}
+
+    def finished():
+        pods = core.list_namespaced_pod(namespace).items
+        for p in pods:
+            if p.spec.node_name:
+                seen["nodes"].add(p.spec.node_name)
+            # The pods go when the job succeeds: read rank 0's losses while it runs.
+            if p.metadata.name.startswith(f"{name}-w0") and p.status.phase == "Running":
+                with contextlib.suppress(client.ApiException):
+                    losses = [float(x) for x in LOSS.findall(core.read_namespaced_pod_log(p.metadata.name, namespace))]
+                    seen["losses"] = losses if len(losses) >= len(seen["losses"]) else seen["losses"]
+        status = api.get_namespaced_custom_object("kubetrain.dev", "v1alpha1", namespace, "trainingjobs",
+                                                  name).get("status", {})
+        seen["tokens"] = max(seen["tokens"], status.get("throughput", {}).get("tokensPerSecond", 0.0))
+        seen["world"] = max(seen["world"], status.get("worldSize", 0))
+        if not seen["worlds"] or seen["worlds"][-1] != status.get("worldSize"):
+            seen["worlds"].append(status.get("worldSize"))
+        if during is not None:
+            during(status, pods)
+        return status if status.get("phase") in ("Succeeded", "Failed") else None
+
+    started = time.monotonic()
+    status = wait_for(finished, timeout=timeout, what=f"TrainingJob {name} to finish", max_interval=1.0)
+    print(f"job {name} {status['phase']} in {time.monotonic() - started:.1f}s; restarts {status.get('restarts')}, "
+          f"world sizes {seen['worlds']}")
+    return status, seen
+
+
+def delete_once(core, namespace: str, pod_name: str, when) -> callable:
+    """A ``during`` callback: force-delete ``pod_name`` (grace 0) the first time ``when(status)`` holds."""
+    done = []
+
+    def during(status, pods):
+        if not done and when(status) and any(p.metadata.name == pod_name for p in pods):
+            core.delete_namespaced_pod(pod_name, namespace, grace_period_seconds=0)
+            done.append(status.get("throughput", {}).get("step"))
+
+    during.done = done
+    return during
+
+
+def past_first_checkpoint(status) -> bool:
+    return status.get("throughput", {}).get("step", 0) >= 24
+
+
+FAULT_JOB = {"replicas": {"min": 1, "max": 2}, "trainer": {"maxSteps": 60},
+             "checkpoint": {"persistentVolumeClaim": {"claimName": "ckpt"}, "intervalSteps": 20}}
+
+
+def test_deleted_worker_is_replaced_and_the_job_succeeds(cluster, deployed, namespace, shared_checkpoints):
+    core = client.CoreV1Api(cluster.api)
+    during = delete_once(core, namespace, "gpt-fault-w1-0", past_first_checkpoint)
+    status, seen = run_job(cluster, namespace, "gpt-fault", FAULT_JOB, during)
+    assert during.done, "the worker was never deleted"
+    assert status["phase"] == "Succeeded", status
+    # worldSize drops to 0 when the job ends; before that it was back at 2. (Whether the 1 in between is
+    # seen depends on how fast the replacement joins: measured [.., 2, 1, 2, 0] under load.)
+    worlds = [w for w in seen["worlds"] if w]
+    assert seen["nodes"] == {real_node.NODE_NAME} and worlds[-1] == 2, seen["worlds"]
+
+
+def test_lost_store_costs_one_restart(cluster, deployed, namespace, shared_checkpoints):
+    core = client.CoreV1Api(cluster.api)
+    during = delete_once(core, namespace, "gpt-store-rdzv", past_first_checkpoint)
+    status, seen = run_job(cluster, namespace, "gpt-store", FAULT_JOB, during)
+    assert during.done, "the store was never deleted"
+    assert status["phase"] == "Succeeded", status
+    assert status.get("restarts") == 1, status
