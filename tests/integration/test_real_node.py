@@ -184,17 +184,21 @@ def run_job(cluster, namespace, name: str, spec: dict, during=None, timeout: flo
     return status, seen
 
 
-def delete_once(core, namespace: str, pod_name: str, when) -> callable:
-    """A ``during`` callback: force-delete ``pod_name`` (grace 0) the first time ``when(status)`` holds."""
-    done = []
+def run_job_deleting(cluster, namespace: str, job: str, pod: str) -> tuple[dict, dict]:
+    """Run FAULT_JOB as ``job`` and force-delete (grace 0) its pod ``pod`` once, after the first checkpoint;
+    the job must still succeed."""
+    core = client.CoreV1Api(cluster.api)
+    deleted = []
 
     def during(status, pods):
-        if not done and when(status) and any(p.metadata.name == pod_name for p in pods):
-            core.delete_namespaced_pod(pod_name, namespace, grace_period_seconds=0)
-            done.append(status.get("throughput", {}).get("step"))
+        if not deleted and past_first_checkpoint(status) and any(p.metadata.name == pod for p in pods):
+            core.delete_namespaced_pod(pod, namespace, grace_period_seconds=0)
+            deleted.append(status["throughput"]["step"])
 
-    during.done = done
-    return during
+    status, seen = run_job(cluster, namespace, job, FAULT_JOB, during)
+    assert deleted, f"{pod} was never deleted"
+    assert status["phase"] == "Succeeded", status
+    return status, seen
 
 
 def past_first_checkpoint(status) -> bool:
@@ -206,11 +210,7 @@ FAULT_JOB = {"replicas": {"min": 1, "max": 2}, "trainer": {"maxSteps": 60},
 
 
 def test_deleted_worker_is_replaced_and_the_job_succeeds(cluster, deployed, namespace, shared_checkpoints):
-    core = client.CoreV1Api(cluster.api)
-    during = delete_once(core, namespace, "gpt-fault-w1-0", past_first_checkpoint)
-    status, seen = run_job(cluster, namespace, "gpt-fault", FAULT_JOB, during)
-    assert during.done, "the worker was never deleted"
-    assert status["phase"] == "Succeeded", status
+    _, seen = run_job_deleting(cluster, namespace, "gpt-fault", "gpt-fault-w1-0")
     # worldSize drops to 0 when the job ends; before that it was back at 2. (Whether the 1 in between is
     # seen depends on how fast the replacement joins: measured [.., 2, 1, 2, 0] under load.)
     worlds = [w for w in seen["worlds"] if w]
@@ -218,9 +218,5 @@ def test_deleted_worker_is_replaced_and_the_job_succeeds(cluster, deployed, name
 
 
 def test_lost_store_costs_one_restart(cluster, deployed, namespace, shared_checkpoints):
-    core = client.CoreV1Api(cluster.api)
-    during = delete_once(core, namespace, "gpt-store-rdzv", past_first_checkpoint)
-    status, seen = run_job(cluster, namespace, "gpt-store", FAULT_JOB, during)
-    assert during.done, "the store was never deleted"
-    assert status["phase"] == "Succeeded", status
+    status, _ = run_job_deleting(cluster, namespace, "gpt-store", "gpt-store-rdzv")
     assert status.get("restarts") == 1, status
