@@ -51,6 +51,7 @@ def _operator_registry() -> CollectorRegistry:
               {"phase": "Running", "desiredReplicas": 2, "currentReplicas": 2, "readyReplicas": 2}, 8, 5.0, 30.0, trainer_metrics=True)
     m.reconcile.observe(0.01)
     m.reconcile_errors.inc()
+    m.allocated.labels("ml", "gpt").set(2)
     return r
 
 

@@ -16,9 +16,11 @@ PHASES: tuple[str, ...] = Phase.__args__  # type: ignore[attr-defined]
 # Every reason a restart can have: counters start at 0 for each, so "no restarts"
 # is a 0 on the dashboard rather than no data.
 RESTART_REASONS: tuple[str, ...] = (*RetryableReason.__args__, STORE_LOST)  # type: ignore[attr-defined]
-SCALING_REASONS = ("CapacityAvailable", "PartialCapacity", "InsufficientCapacity", "CheckpointVolumeMissing", "ReferencedObjectMissing", "NoNodeFits")
+SCALING_REASONS = ("CapacityAvailable", "PartialCapacity", "GoodputAllocation", "InsufficientCapacity", "CheckpointVolumeMissing", "ReferencedObjectMissing", "NoNodeFits")
 RECONCILE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 STARTUP_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
+# What a goodput-allocator round can decide for a job (allocation.decision_reason): a closed set.
+ALLOCATION_REASONS = ("Started", "Grown", "Shrunk", "Stopped")
 
 
 class OperatorMetrics:
@@ -42,6 +44,16 @@ class OperatorMetrics:
         # Lets an alert tell a trainer that went silent from one that was never asked to speak.
         self.trainer_metrics = Gauge("kubetrain_operator_job_trainer_metrics", "1 when the job's pods export trainer metrics "
                                      "(spec.metrics.enabled), else 0.", job, registry=registry)
+        # The goodput allocator (allocation.py): one histogram and one counter per operator, one gauge per managed job.
+        self.allocator_round = Histogram("kubetrain_operator_allocator_round_duration_seconds",
+                                         "Time of one goodput-allocator round (models, allocation, targets).",
+                                         registry=registry, buckets=RECONCILE_BUCKETS)
+        self.allocator_decisions = Counter("kubetrain_operator_allocator_decisions_total",
+                                           "Jobs the goodput allocator resized, started or stopped, by reason.", ["reason"], registry=registry)
+        for reason in ALLOCATION_REASONS:
+            self.allocator_decisions.labels(reason)
+        self.allocated = Gauge("kubetrain_operator_job_allocated_replicas",
+                               "Replicas the goodput allocator gives an opted-in job (its desired replicas follow).", job, registry=registry)
         self._known: set[tuple[str, str]] = set()
 
     def observe(self, namespace: str, job: str, plan: Plan, status: dict, gpus_per_replica: int, elapsed: float,
@@ -75,7 +87,8 @@ class OperatorMetrics:
     def forget(self, namespace: str, job: str) -> None:
         """Drop every series of a deleted job."""
         self._known.discard((namespace, job))
-        for metric in (self.phase, self.scaling, self.restarts, self.pods, self.replicas, self.gpus, self.gpu_seconds, self.trainer_metrics):
+        for metric in (self.phase, self.scaling, self.restarts, self.pods, self.replicas, self.gpus, self.gpu_seconds, self.trainer_metrics,
+                       self.allocated):
             for labels in list(metric._metrics):  # noqa: SLF001 - prometheus_client has no public "remove matching"
                 if labels[:2] == (namespace, job):
                     metric.remove(*labels)

@@ -105,6 +105,15 @@ def just_created(name: str, role: str, slot: int, attempt: int, now: datetime) -
 
 
 @dataclass(frozen=True)
+class Target:
+    """The goodput allocator's replicas for a job (operator/allocation.py), and why."""
+
+    replicas: int
+    reason: str  # Started, Grown, Shrunk, Stopped, Kept
+    message: str
+
+
+@dataclass(frozen=True)
 class Observed:
     """Everything the planner sees besides the job itself."""
 
@@ -116,6 +125,8 @@ class Observed:
     # Objects the pods refer to that do not exist: (kind, name, the spec field naming it).
     missing: tuple[tuple[str, str, str], ...] = ()
     admitted: bool = True  # False while a Kueue-queued job waits for admission
+    # The goodput allocator's replicas for an opted-in job; None: the job is not managed (grows to max).
+    target: Target | None = None
 
 
 @dataclass
@@ -179,7 +190,7 @@ class _Status:
         return None
 
     def build(self) -> dict[str, Any]:
-        order = ["Running", "Succeeded", "Failed", "Suspended", "Restarting", "Scaling", "Schedulable", "StoreReady",
+        order = ["Running", "Succeeded", "Failed", "Suspended", "Restarting", "Scaling", "Schedulable", "Allocated", "StoreReady",
                  "ReplicaFailure", "Admitted"]
         self.patch["conditions"] = sorted(self.conditions.values(), key=lambda c: order.index(c["type"]) if c["type"] in order else 99)
         return self.patch
@@ -382,6 +393,12 @@ def plan(job: TrainingJob, body: dict[str, Any], obs: Observed) -> Plan:
         extra = sorted(active, key=lambda p: p.slot)[spec.replicas.max:]
         _retire(result, extra)
         active = [p for p in active if p not in extra]
+    # The allocator gave this job's GPUs to another: drop what is not ready first, then the highest slots.
+    if obs.target is not None and len(active) > desired >= spec.replicas.min:
+        extra = sorted(active, key=lambda p: (not p.ready, p.slot))[desired:]
+        _retire(result, extra)
+        active = [p for p in active if p not in extra]
+    _allocated(obs.target, st, result)
 
     current = len(active) + len(result.create_workers)
     prev_desired = old.get("desiredReplicas")
@@ -482,6 +499,19 @@ def record_create_failure(plan: Plan, old: dict[str, Any], refused: str | None, 
     plan.status["conditions"] = st.build()["conditions"]
 
 
+def _allocated(target: Target | None, st: _Status, plan: Plan) -> None:
+    """The Allocated condition says the allocator's latest decision for the job; an Event when it is new."""
+    prev = st.conditions.get("Allocated")
+    if target is None:
+        if prev and prev.get("status") == "True":
+            st.condition("Allocated", False, "NotManaged", "the goodput allocator does not manage this job")
+        return
+    message = f"goodput allocator: {target.message}"
+    if target.reason != "Kept" and (not prev or prev.get("message") != message):
+        plan.events.append(("Normal", "GoodputAllocation", message))
+    st.condition("Allocated", True, target.reason, message)
+
+
 def _false_since(st: _Status, ctype: str) -> datetime | None:
     cond = st.conditions.get(ctype)
     if cond and cond.get("status") == "False" and cond.get("lastTransitionTime"):
@@ -513,10 +543,14 @@ def _desired_replicas(job: TrainingJob, obs: Observed, active: list[PodView], st
     else:
         # Our own bound and pending-but-schedulable pods already hold their place.
         possible = len(active) - len(unschedulable) + obs.placeable
-    desired = max(min(possible, hi), 0)
+    # An opted-in job runs what the goodput allocator gives it (never below min), if it fits.
+    cap = hi if obs.target is None else min(max(obs.target.replicas, lo), hi)
+    desired = max(min(possible, cap), 0)
     if desired >= lo:
         reason = "CapacityAvailable" if desired == hi else "PartialCapacity"
         msg = f"{desired} of max {hi} replicas fit now"
+        if obs.target is not None and desired == cap:
+            reason, msg = "GoodputAllocation", f"the goodput allocator gives it {cap} of {lo}..{hi} replicas: {obs.target.message}"
         st.condition("Schedulable", True, reason, msg)
         return desired, reason, msg
     msg = f"only {desired} of min {lo} replicas fit on the free GPUs; waiting for capacity"
@@ -526,4 +560,4 @@ def _desired_replicas(job: TrainingJob, obs: Observed, active: list[PodView], st
     return (placed if placed >= lo else 0), "InsufficientCapacity", msg
 
 
-__all__ = ["Failure", "Observed", "Plan", "PodView", "plan", "record_create_failure"]
+__all__ = ["Failure", "Observed", "Plan", "PodView", "Target", "plan", "record_create_failure"]

@@ -28,7 +28,7 @@ from pydantic import ValidationError
 
 from kubetrain.api.base import format_errors
 from kubetrain.api.models import TrainingJob
-from kubetrain.operator import builders, capacity, naming, planner
+from kubetrain.operator import allocation, builders, capacity, naming, planner
 from kubetrain.operator.kube import Kube
 from kubetrain.operator.metrics import OperatorMetrics
 from kubetrain.operator.runtime import JobMemo, OperatorRuntime
@@ -88,6 +88,7 @@ def reconcile_job(body: kopf.Body | dict[str, Any], patch: kopf.Patch, runtime: 
             planner.record_create_failure(result, raw["status"], refused, obs.now)
             reflect_throughput(job, raw, obs, result, runtime.throughput)
             write_status(raw, result, runtime.kube, state)
+            report_to_allocator(job, raw, obs, result, runtime, idx)
         except ApiException as exc:
             runtime.metrics.reconcile_errors.inc()
             if exc.status == 403 and "NamespaceTerminating" in (exc.body or ""):
@@ -176,7 +177,26 @@ def observe(job: TrainingJob, body: dict[str, Any], runtime: OperatorRuntime, id
         fits_anywhere=capacity.fits_anywhere(job.spec, nodes) if nodes else job.spec.container.gpus_per_replica == 0,
         missing=missing,
         admitted=not _queued(body, job) or not job.spec.suspend,
+        target=allocation_target(job, (ns, name), pods, runtime),
     )
+
+
+def allocation_target(job: TrainingJob, key: tuple[str, str], pods: list[planner.PodView],
+                      runtime: OperatorRuntime) -> planner.Target | None:
+    """The goodput allocator's replicas for an opted-in job; None for a job it does not manage.
+
+    Before the allocator's first decision (a new job, or an operator just restarted) the job keeps
+    what it runs, at least its min: growing into free GPUs first would take them from the job the
+    round is about to give them to, and shrinking would undo a decision the last operator made.
+    """
+    if not allocation.managed(job, runtime.allocator.default):
+        return None
+    target = runtime.allocator.target(key)
+    if target is None:
+        running = sum(1 for p in pods if p.role == naming.ROLE_WORKER and p.active)
+        keep = max(job.spec.replicas.min, running)
+        target = planner.Target(keep, "Kept", f"{keep} replicas until the allocator's first round")
+    return target
 
 
 def cached_exists(state: JobMemo, key: str, look: Callable[[], bool], settled: bool) -> bool:
@@ -302,6 +322,30 @@ def reflect_throughput(job: TrainingJob, raw: dict[str, Any], obs: planner.Obser
     figures = reader.get(key)
     if figures is not None and result.status.get("phase") in ACTIVE:
         result.status["throughput"] = figures.status()
+
+
+def report_to_allocator(job: TrainingJob, raw: dict[str, Any], obs: planner.Observed, result: planner.Plan,
+                        runtime: OperatorRuntime, idx: Indexes) -> None:
+    """Tell the goodput allocator what this round saw: the job's size, range and throughput, and the GPU nodes."""
+    spec = job.spec
+    key = (raw["metadata"]["namespace"], job.metadata.name)
+    status = raw["status"] | result.status
+    if spec.container.gpus_per_replica == 0 or status.get("phase") in planner.TERMINAL or status.get("phase") == "Suspended":
+        runtime.allocator.report(key, None, status, 0)
+        return
+    runtime.allocator.set_nodes({n.name: n.allocatable_gpus for store in idx.gpu_nodes.values() for n in store
+                                 if n.ready and not n.unschedulable})
+    created = raw["metadata"].get("creationTimestamp")
+    facts = allocation.JobFacts(
+        managed=allocation.managed(job, runtime.allocator.default),
+        min_replicas=spec.replicas.min, max_replicas=spec.replicas.max, gpus_per_replica=spec.container.gpus_per_replica,
+        replicas=int(status.get("currentReplicas") or 0),
+        arrival=allocation.parse_time(created) or 0.0,
+        local_batch=float(spec.trainer.batch_size * spec.container.nproc()),
+        started=allocation.parse_time(status.get("startTime")),
+    )
+    nodes = len({p.node for p in obs.pods if p.role == naming.ROLE_WORKER and p.active and p.ready and p.node})
+    runtime.allocator.report(key, facts, status, nodes)
 
 
 def record_metrics(job: TrainingJob, raw: dict[str, Any], result: planner.Plan, state: JobMemo, metrics: OperatorMetrics,

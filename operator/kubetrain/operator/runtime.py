@@ -19,10 +19,12 @@ import kopf
 from prometheus_client import CollectorRegistry, start_http_server
 
 from kubetrain.operator import capacity
+from kubetrain.operator.allocation import GoodputAllocator
 from kubetrain.operator.metrics import OperatorMetrics
 from kubetrain.operator.settings import OperatorConfig
 from kubetrain.operator.throughput import PodScrapeSource, PrometheusSource, ThroughputReader
 from kubetrain.operator.wakes import Wakes
+from kubetrain.scheduling.allocator import AllocatorConfig
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -34,7 +36,7 @@ JOB_KEY = "job"
 
 
 class OperatorRuntime:
-    """Config, API client, metrics, the reservation ledger, the throughput reader and the wakes of one operator."""
+    """Config, API client, metrics, the reservation ledger, the throughput reader, the wakes and the goodput allocator of one operator."""
 
     def __init__(self, config: OperatorConfig, kube: Kube, throughput: ThroughputReader | None = None):
         self.config = config
@@ -48,6 +50,10 @@ class OperatorRuntime:
             throughput = ThroughputReader(source, config.throughput_interval_seconds)
         self.throughput = throughput
         self.wakes = Wakes()
+        # Goodput-aware scheduling across jobs: fed by every reconcile, rounds in its own thread.
+        self.allocator = GoodputAllocator(
+            AllocatorConfig(interval_seconds=config.goodput_interval_seconds, min_dwell_seconds=config.goodput_min_dwell_seconds),
+            self.metrics, default=config.goodput_default, restart_seconds=config.goodput_restart_seconds)
         self._metrics_server: WSGIServer | None = None
 
     @classmethod
@@ -56,14 +62,16 @@ class OperatorRuntime:
         return runtime
 
     def start(self) -> None:
-        """Serve /metrics (unless the port is 0) and start reading throughput."""
+        """Serve /metrics (unless the port is 0), start reading throughput and the allocator's rounds."""
         if self.config.metrics_port:
             self._metrics_server, _ = start_http_server(self.config.metrics_port, registry=self.registry)
         self.throughput.start()
+        self.allocator.start()
 
     def stop(self) -> None:
         """Undo ``start`` and close the API client; safe to call more than once, or without ``start``."""
         self.throughput.stop()
+        self.allocator.stop()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()
@@ -71,7 +79,8 @@ class OperatorRuntime:
         self.kube.close()
 
     def forget(self, namespace: str, job: str) -> None:
-        """Drop what the runtime keeps for a deleted job: its metric series, throughput targets and wake."""
+        """Drop what the runtime keeps for a deleted job: its metric series, throughput targets, wake and allocation."""
+        self.allocator.forget((namespace, job))
         self.metrics.forget(namespace, job)
         self.throughput.register_pods((namespace, job), [])
         self.wakes.forget((namespace, job))

@@ -35,6 +35,12 @@ class OperatorConfig:
     throughput_interval_seconds: float = 15.0
     # Peers of equal priority all pause (Kopf's rule), so each pod draws its own.
     peering_priority: int = 0
+    # Goodput-aware scheduling (docs/scheduling.md): whether a job that leaves spec.scheduling.goodput.enabled
+    # unset is managed, the seconds between allocator rounds, the dwell and the restart cost it charges.
+    goodput_default: bool = False
+    goodput_interval_seconds: float = 60.0
+    goodput_min_dwell_seconds: float = 180.0
+    goodput_restart_seconds: float = 25.0
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "OperatorConfig":
@@ -49,4 +55,8 @@ class OperatorConfig:
             prometheus_url=env.get("KUBETRAIN_PROMETHEUS_URL", ""),
             throughput_interval_seconds=float(env.get("KUBETRAIN_THROUGHPUT_INTERVAL", "15")),
             peering_priority=int(env.get("KUBETRAIN_PEERING_PRIORITY") or random.randint(1, 2**31 - 1)),
+            goodput_default=env.get("KUBETRAIN_GOODPUT_DEFAULT", "false").lower() == "true",
+            goodput_interval_seconds=float(env.get("KUBETRAIN_GOODPUT_INTERVAL", "60")),
+            goodput_min_dwell_seconds=float(env.get("KUBETRAIN_GOODPUT_MIN_DWELL", "180")),
+            goodput_restart_seconds=float(env.get("KUBETRAIN_GOODPUT_RESTART_SECONDS", "25")),
         )

@@ -12,5 +12,5 @@ simulator (``bench/scheduling_sim.py``) and the unit tests run the same code:
 - ``restart_cost``: what a resize costs a job, learned from its past resizes;
 - ``placement``: which nodes hold a job's replicas (packing, for the simulator).
 
-Not wired into the operator yet: see docs/scheduling.md.
+The operator runs the allocator over opted-in jobs: ``kubetrain.operator.allocation`` (docs/scheduling.md).
 """

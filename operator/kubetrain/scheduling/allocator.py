@@ -56,6 +56,8 @@ class JobInput:
     started: float | None = None  # when it first ran (age = now - started)
     last_change: float | None = None  # when its replicas last changed
     weight: float = 1.0  # multiplies its utility (e.g. from priority); 1 = equal
+    # GPUs one replica holds: capacity is counted in GPUs, so jobs of 1 and 8 GPUs per replica share one pool.
+    gpus_per_replica: int = 1
 
 
 @dataclass(frozen=True)
@@ -166,6 +168,7 @@ def allocate(jobs: Sequence[JobInput], capacity: int, now: float,
     if len(set(names)) != len(names):
         raise ValueError("job names must be unique")
     ordered = sorted(jobs, key=_order)
+    by_name = {j.name: j for j in jobs}
     out: dict[str, int] = {}
     free = capacity
     reasons: dict[str, str] = {}
@@ -174,15 +177,15 @@ def allocate(jobs: Sequence[JobInput], capacity: int, now: float,
     for j in ordered:
         if not j.managed and j.current_replicas > 0:
             out[j.name] = j.current_replicas
-            free -= j.current_replicas
+            free -= j.current_replicas * j.gpus_per_replica
     # 1. Running managed jobs keep their min.
     admitted: list[JobInput] = []
     for j in ordered:
         if j.managed and j.current_replicas > 0:
             need = max(j.min_replicas, 1)
-            if need <= free:
+            if need * j.gpus_per_replica <= free:
                 out[j.name] = need
-                free -= need
+                free -= need * j.gpus_per_replica
                 admitted.append(j)
             else:
                 out[j.name] = 0
@@ -194,9 +197,9 @@ def allocate(jobs: Sequence[JobInput], capacity: int, now: float,
         if j.current_replicas > 0:
             continue
         need = max(j.min_replicas, 1)
-        if not blocked and need <= free:
+        if not blocked and need * j.gpus_per_replica <= free:
             out[j.name] = need
-            free -= need
+            free -= need * j.gpus_per_replica
             reasons[j.name] = "started at its min replicas"
             if j.managed:
                 admitted.append(j)
@@ -209,9 +212,9 @@ def allocate(jobs: Sequence[JobInput], capacity: int, now: float,
     for j in admitted:
         extra = j.current_replicas - out[j.name]
         dwelling = j.last_change is not None and now - j.last_change < cfg.min_dwell_seconds
-        if j.current_replicas > 0 and dwelling and 0 < extra <= free:
+        if j.current_replicas > 0 and dwelling and 0 < extra * j.gpus_per_replica <= free:
             out[j.name] += extra
-            free -= extra
+            free -= extra * j.gpus_per_replica
         else:
             flexible.append(j)
     # 4. Greedy on marginal utility per GPU, along each job's concave hull.
@@ -220,7 +223,7 @@ def allocate(jobs: Sequence[JobInput], capacity: int, now: float,
         heap: list[tuple[float, int, int, int]] = []
         for i, j in enumerate(flexible):
             lo = out[j.name]
-            hi = min(j.max_replicas, lo + free)
+            hi = min(j.max_replicas, lo + free // j.gpus_per_replica)
             if hi <= lo:
                 continue
             c = _Curve(j, lo, hi, now, cfg)
@@ -228,23 +231,24 @@ def allocate(jobs: Sequence[JobInput], capacity: int, now: float,
             steps = c.hull_steps(lo)
             if steps:
                 x, y = steps[0]
-                heapq.heappush(heap, (-(c.at(y) - c.at(x)) / (y - x), i, x, y))
+                heapq.heappush(heap, (-(c.at(y) - c.at(x)) / (y - x) / j.gpus_per_replica, i, x, y))
         while heap and free > 0:
             neg, i, x, y = heapq.heappop(heap)
             c = curves[i]
             if c.pos != x:
                 continue
-            if y - x > free:
-                alt = c.best_step(x, free)
+            g = c.job.gpus_per_replica
+            if (y - x) * g > free:
+                alt = c.best_step(x, free // g)
                 if alt is not None:
-                    heapq.heappush(heap, (-alt[0], i, x, alt[1]))
+                    heapq.heappush(heap, (-alt[0] / g, i, x, alt[1]))
                 continue
             c.pos = y
-            free -= y - x
+            free -= (y - x) * g
             nxt = c.hull_steps(y)
             if nxt:
                 a, b = nxt[0]
-                heapq.heappush(heap, (-(c.at(b) - c.at(a)) / (b - a), i, a, b))
+                heapq.heappush(heap, (-(c.at(b) - c.at(a)) / (b - a) / g, i, a, b))
         for c in curves.values():
             out[c.job.name] = c.pos
 
@@ -261,5 +265,5 @@ def allocate(jobs: Sequence[JobInput], capacity: int, now: float,
             else:
                 why = "shrunk: its GPUs raise other jobs' speedup more, or a pending job needs its min"
         decisions.append(Decision(j.name, j.current_replicas, r, why))
-    used = sum(out.values())
+    used = sum(r * by_name[n].gpus_per_replica for n, r in out.items())
     return Allocation(replicas=out, decisions=tuple(decisions), capacity=capacity, used=used, waiting=tuple(waiting))
