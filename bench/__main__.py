@@ -87,9 +87,12 @@ def _headlines(docs: dict[str, dict]) -> list[list[str]]:
     d = docs.get("compression_loss")
     if d and d["results"].get("modes"):
         m, p = d["results"]["modes"], d["params"]
-        for key in _compression_headline_keys(d["results"]):
-            rows.append([f"Gradient compression {m[key]['label']}: loss cost vs none after {p['steps']} steps (builtin:gpt, "
-                         f"{len(p['seeds'])} seeds); bytes saved over the job",
+        keys = _compression_headline_keys(d["results"])
+        defaults = [k for k in keys if _is_default_powersgd(m[k])]
+        for key in keys:
+            default = " (the default)" if key.startswith("powersgd/") and key in defaults else ""
+            rows.append([f"Gradient compression {m[key]['label']}{default}: loss cost vs none after {p['steps']} steps "
+                         "(builtin:gpt, 2 replicas); bytes saved over the job",
                          f"{fmt_spread(m[key]['loss_cost'], '%')}; {m[key]['saving']:.1f}× fewer bytes",
                          f"{m[key]['loss_cost']['n']} seeds", "compression_loss.md"])
     d = docs.get("trainer_elastic")
@@ -127,15 +130,20 @@ def _headlines(docs: dict[str, dict]) -> list[list[str]]:
 
 
 def _compression_headline_keys(res: dict) -> list[str]:
-    """fp16, then the PowerSGD defaults' row if this run has it, else the best trade-offs it found."""
-    from kubetrain.contract import TrainerContract
-
+    """fp16 and bf16, the PowerSGD defaults' row if this run has it, and the best trade-off at >= 10x fewer bytes."""
     m = res["modes"]
     keys = [k for k in ("fp16", "bf16") if k in m]
-    default = [k for k, v in m.items() if v.get("rank") == TrainerContract.powersgd_rank and v.get("error_feedback")
-               and v.get("warm_start") and v.get("start_fraction") == TrainerContract.powersgd_start_fraction]
+    default = [k for k, v in m.items() if _is_default_powersgd(v)]
     to = res.get("trade_off", {})
-    return keys + (default or [k for k in dict.fromkeys([to.get("best_cost_at_saving"), to.get("best_saving_at_cost")]) if k])
+    others = [to.get("best_cost_at_saving"), to.get("best_saving_at_cost")]
+    return keys + list(dict.fromkeys(k for k in [*default, *others] if k))
+
+
+def _is_default_powersgd(mode: dict) -> bool:
+    from kubetrain.contract import TrainerContract
+
+    return (mode.get("rank") == TrainerContract.powersgd_rank and bool(mode.get("error_feedback"))
+            and bool(mode.get("warm_start")) and mode.get("start_fraction") == TrainerContract.powersgd_start_fraction)
 
 
 def render_all(out: Path) -> None:

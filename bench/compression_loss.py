@@ -33,7 +33,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from bench.common import Run, fmt_spread, md_table, summary
+from bench.common import RESULTS, Run, fmt_spread, md_table, summary
 from bench.trainer_modes import _nproc, launch_modes_worker
 
 NAME = "compression_loss"
@@ -43,10 +43,13 @@ QUESTION = ("What does gradient compression cost the model: loss against uncompr
 # The goal of issue 19: a default that costs at most this much loss at this saving or more.
 GOAL_LOSS_COST = 0.01
 GOAL_SAVING = 10.0
+# "Reaches none's final loss" = its trailing mean comes within this of it: fp16 and bf16 end 1e-5 above none, which
+# is a tie, not "never".
+REACH_TOLERANCE = 0.001
 
 # The workload of examples/minimal.yaml and examples/powersgd.yaml (builtin:gpt at its defaults, 300 steps, two
 # replicas): the figures answer "what does compression cost that job", and 300 steps take the loss from 5.5 to ~1.65,
-# still falling, so a mode that slows learning shows. 60-90 s per run on this shared 2-core machine.
+# still falling, so a mode that slows learning shows. 1-3 min per run on this shared 2-core machine.
 FULL = dict(steps=300, seeds=[0, 1, 2], workload_args="layers=4,d_model=128,heads=4,corpus_chars=400000", batch=8, seq=128,
             learning_rate=3e-4,
             # (rank, start fraction), error feedback and warm start on: ranks 1-16 at 5%, starts 1-20% at rank 4. A
@@ -76,7 +79,8 @@ def configs(p: dict) -> list[dict]:
         flags = "+".join(n for n, on in (("ef", ef), ("ws", ws)) if on) or "plain"
         start = start_iteration(frac, p["steps"], ef or ws)
         return {"key": f"powersgd/r{rank}/s{frac:g}/{flags}",
-                "label": f"PowerSGD r{rank}, start {frac:.0%} ({start})" + ("" if ef and ws else f", {flags.replace('+', ' + ')}"),
+                "label": f"PowerSGD r{rank}, start {frac:.0%} ({start})" + ("" if ef else ", no error feedback")
+                + ("" if ws else ", no warm start"),
                 "rank": rank, "start_fraction": frac, "error_feedback": ef, "warm_start": ws,
                 "contract": {"compression": "powersgd", "powersgd_rank": rank, "powersgd_start_iteration": start,
                              "powersgd_error_feedback": ef, "powersgd_warm_start": ws}}
@@ -118,7 +122,7 @@ def per_run(rec: dict, ref: dict, window: int, points: int = 10) -> dict:
     curve, ref_curve = trailing_means(rec["losses"], window), trailing_means(ref["losses"], window)
     steps = len(curve)
     final, ref_final = curve[-1], ref_curve[-1]
-    reached = first_step_at_or_below(curve, ref_final)
+    reached = first_step_at_or_below(curve, ref_final * (1 + REACH_TOLERANCE))
     marks = [max(1, round(steps * (i + 1) / points)) for i in range(points)]
     return {
         "final_loss": final,
@@ -127,6 +131,8 @@ def per_run(rec: dict, ref: dict, window: int, points: int = 10) -> dict:
         "curve_relative": [curve[m - 1] / ref_curve[m - 1] for m in marks],
         "curve_steps": marks,
         "steps_to_reference": reached,
+        # The other way round: the step at which none had this mode's final loss (what its steps were worth).
+        "reference_steps_to_final": first_step_at_or_below(ref_curve, final * (1 + REACH_TOLERANCE)),
         "seconds_to_reference": sum(rec["step_seconds"][:reached]) if reached else None,
         "reference_seconds": sum(ref["step_seconds"]),
         "bytes_per_step_mean": sum(rec["comm_bytes"]) / steps,
@@ -137,7 +143,7 @@ def per_run(rec: dict, ref: dict, window: int, points: int = 10) -> dict:
 
 def analyse(data: dict, p: dict) -> dict:
     window = max(1, p["steps"] // 10)
-    recs = {r["mode"]: r for r in data["records"] if r.get("ok")}
+    recs = {r["mode"]: _unpacked(r) for r in data["records"] if r.get("ok")}
     modes: dict[str, dict] = {}
     for c in configs(p):
         runs = []
@@ -157,6 +163,7 @@ def analyse(data: dict, p: dict) -> dict:
             curve_steps=runs[0]["curve_steps"],
             reached=len(reached),
             steps_to_reference=summary(r["steps_to_reference"] for r in reached),
+            reference_steps_to_final=summary(r["reference_steps_to_final"] for r in runs if r["reference_steps_to_final"]),
             time_to_reference_relative=summary(r["seconds_to_reference"] / r["reference_seconds"] for r in reached),
             bytes_per_step_mean=runs[0]["bytes_per_step_mean"],
             bytes_per_step_compressed=runs[0]["bytes_per_step_compressed"],
@@ -164,9 +171,43 @@ def analyse(data: dict, p: dict) -> dict:
         )
         m["meets_goal"] = m["loss_cost"]["median"] <= GOAL_LOSS_COST and m["saving"] >= GOAL_SAVING
         modes[c["key"]] = m
-    return {"modes": modes, "goal": {"loss_cost": GOAL_LOSS_COST, "saving": GOAL_SAVING}, "trade_off": trade_off(modes),
-            "window": window, "world_size": data["world_size"], "device": data["device_name"],
-            "params": next((r["params"] for r in recs.values()), None)}
+    return {"modes": modes, "goal": {"loss_cost": GOAL_LOSS_COST, "saving": GOAL_SAVING, "reach_tolerance": REACH_TOLERANCE},
+            "trade_off": trade_off(modes), "window": window, "world_size": data["world_size"], "device": data["device_name"],
+            "params": next((r["params"] for r in recs.values()), None), "raw": raw(data)}
+
+
+def raw(data: dict) -> dict:
+    """The worker's per-step figures, kept in the JSON so the page can be re-analysed (``python -m bench --render``).
+
+    Compact, so the JSON stays readable: per-step series as comma-separated text, bytes run-length encoded.
+    """
+    records = []
+    for r in data["records"]:
+        r = _unpacked(r)  # already packed when re-analysing a result's own raw figures
+        out = {k: r[k] for k in ("mode", "ok", "error", "params") if k in r}
+        if r.get("ok"):
+            out["losses"] = ",".join(f"{x:.6g}" for x in r["losses"])
+            out["step_seconds"] = ",".join(f"{x:.4g}" for x in r["step_seconds"])
+            runs: list[list[int]] = []
+            for b in r["comm_bytes"]:
+                if runs and runs[-1][0] == b:
+                    runs[-1][1] += 1
+                else:
+                    runs.append([b, 1])
+            out["comm_bytes_runs"] = runs
+            if r.get("compression_errors"):
+                out["compression_errors"] = ",".join("" if x is None else f"{x:.4g}" for x in r["compression_errors"])
+        records.append(out)
+    return {"records": records, "world_size": data["world_size"], "device_name": data["device_name"]}
+
+
+def _unpacked(r: dict) -> dict:
+    """A record of ``raw`` (or straight from the worker) with its per-step lists."""
+    if not isinstance(r.get("losses"), str):
+        return r
+    return {**r, "losses": [float(x) for x in r["losses"].split(",")],
+            "step_seconds": [float(x) for x in r["step_seconds"].split(",")],
+            "comm_bytes": [b for b, n in r["comm_bytes_runs"] for _ in range(n)]}
 
 
 def trade_off(modes: dict[str, dict]) -> dict:
@@ -180,6 +221,7 @@ def trade_off(modes: dict[str, dict]) -> dict:
         # at >= 10x fewer bytes, the smallest loss cost; at <= 1% loss cost, the largest saving
         "best_cost_at_saving": min(enough_saving, key=lambda k: psgd[k]["loss_cost"]["median"], default=None),
         "best_saving_at_cost": max(cheap_enough, key=lambda k: psgd[k]["saving"], default=None),
+        "lowest_cost": min(psgd, key=lambda k: psgd[k]["loss_cost"]["median"], default=None),
     }
 
 
@@ -190,12 +232,16 @@ def markdown(res: dict, p: dict) -> str:
     for k, m in modes.items():
         steps = (fmt_spread(m["steps_to_reference"]) + ("" if m["reached"] == len(m["runs"]) else f" ({m['reached']}/{len(m['runs'])} seeds)")
                  if m["reached"] else f"not reached in {p['steps']}")
-        rows.append([m["label"], pct(m["loss_cost"]), fmt_spread(m["final_loss"]), f"{m['bytes_per_step_mean']:,.0f}",
+        if k == "none":
+            steps = "(reference)"
+        rows.append([m["label"], len(m["runs"]), pct(m["loss_cost"]), fmt_spread(m["final_loss"]), f"{m['bytes_per_step_mean']:,.0f}",
                      f"{m['bytes_per_step_compressed']:,.0f}", f"{m['saving']:.1f}×", steps,
-                     fmt_spread(m["time_to_reference_relative"], "x") if m["reached"] else "—",
+                     fmt_spread(m["time_to_reference_relative"], "x") if m["reached"] and k != "none" else "—",
+                     fmt_spread(m.get("reference_steps_to_final")) if k != "none" else "—",
                      "**yes**" if m["meets_goal"] else "no"])
-    t_main = md_table(["mode", "loss cost vs none", "final loss", "bytes/step (job mean)", "bytes/step (compressed)",
-                       "saving", "steps to none's final loss", "wall time to it vs none's run", f"≤ {GOAL_LOSS_COST:.0%} at ≥ {GOAL_SAVING:g}×"], rows)
+    t_main = md_table(["mode", "seeds", "loss cost vs none", "final loss", "bytes/step (job mean)", "bytes/step (compressed)",
+                       "saving", "steps to none's final loss", "wall time to it vs none's run",
+                       "none's steps to this final loss", f"≤ {GOAL_LOSS_COST:.0%} at ≥ {GOAL_SAVING:g}×"], rows)
     marks = next(iter(modes.values()))["curve_steps"] if modes else []
     t_curve = md_table(["mode", *[f"step {s}" for s in marks]],
                        [[m["label"], *[f"{x:.3f}" for x in m["curve_relative"]]] for m in modes.values()])
@@ -210,23 +256,33 @@ def markdown(res: dict, p: dict) -> str:
 
     def name(k: str | None) -> str:
         if not k:
-            return "none"
+            return "no PowerSGD setting"
         m = modes[k]
         return f"{m['label']} (loss cost {pct(m['loss_cost'])}, {m['saving']:.1f}× fewer bytes)"
 
     verdict = (f"**Meet the goal** (median loss cost ≤ {GOAL_LOSS_COST:.0%} at ≥ {GOAL_SAVING:g}× fewer bytes over the job): "
                + (", ".join(name(k) for k in to["meeting_goal"]) if to["meeting_goal"] else "**no PowerSGD setting here**") + ".\n\n"
                f"- Smallest loss cost at ≥ {GOAL_SAVING:g}× fewer bytes: {name(to['best_cost_at_saving'])}.\n"
-               f"- Largest saving at ≤ {GOAL_LOSS_COST:.0%} loss cost: {name(to['best_saving_at_cost'])}.")
+               f"- Largest saving at ≤ {GOAL_LOSS_COST:.0%} loss cost: {name(to['best_saving_at_cost'])}.\n"
+               f"- Lowest PowerSGD loss cost: {name(to.get('lowest_cost'))}.")
     params = f"{res['params']:,}" if res.get("params") else "?"
-    n_seeds = len(p["seeds"])
+    n_seeds = max((len(m["runs"]) for m in modes.values()), default=0)
+    done = {m_seed for m in modes.values() for m_seed in (r["seed"] for r in m["runs"])}
+    whole = [seed for seed in p["seeds"] if all(seed in {r["seed"] for r in m["runs"]} for m in modes.values())]
+    cut = [m["label"] for m in modes.values() if len(m["runs"]) < len(whole)]
+    unrun = [seed for seed in p["seeds"] if seed not in done]
+    missing = [c["label"] for c in configs(p) if c["key"] not in modes]
     return "\n".join([
         f"builtin:gpt (`{p['workload_args']}`, {params} parameters), sequence {p['seq']}, batch {p['batch']} per process, "
         f"AdamW lr {p['learning_rate']:g}, fp32, DDP, {res['world_size']} processes on {res['device']} (gloo), "
         f"**{p['steps']} steps**, seeds {', '.join(map(str, p['seeds']))}: every mode of a seed starts from the same "
         f"weights and sees the same batches. Final loss = mean job loss over the last {res['window']} steps. "
-        f"Cells with a spread: median (min – max) over {n_seeds} seeds.",
+        f"Cells with a spread: median (min – max) over the row's seeds (up to {n_seeds}); one seed: its figure.",
         "",
+        *([f"The time budget ({p['deadline_seconds'] / 60:.0f} min) ran out before seed(s) {', '.join(map(str, unrun))}: "
+           f"every mode ran at seeds {', '.join(map(str, whole))}.", ""] if unrun and p.get("deadline_seconds") else []),
+        *([f"Fewer seeds than the others for: {', '.join(cut)}.", ""] if cut else []),
+        *([f"Not run: {', '.join(missing)}.", ""] if missing else []),
         verdict,
         "",
         "### Loss cost and byte saving per mode",
@@ -249,8 +305,11 @@ def markdown(res: dict, p: dict) -> str:
 
 
 def render(doc: dict) -> str:
-    """The markdown body of a result document (``python -m bench --render``)."""
-    return markdown(doc["results"], doc["params"])
+    """The markdown body of a result document (``python -m bench --render``), re-analysed from its raw figures."""
+    res = doc["results"]
+    if res.get("raw"):
+        res.update(analyse(res["raw"], doc["params"]))
+    return markdown(res, doc["params"])
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -258,7 +317,11 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--seeds", type=int, help="first N seeds only")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--reanalyse", type=Path, metavar="WORKER_OUT_JSON",
+                    help="no training: analyse a worker's output again into the existing result's stamp (date, machine, load)")
     args = ap.parse_args(argv)
+    if args.reanalyse:
+        return reanalyse(args.reanalyse, args.out or RESULTS)
     p = dict(QUICK if args.quick else FULL)
     if args.seeds:
         p["seeds"] = list(range(args.seeds))
@@ -282,6 +345,24 @@ def main(argv: list[str] | None = None) -> Path:
     res = analyse(data, p)
     run.results.update(res)
     return run.finish(markdown(res, p), *out)
+
+
+def reanalyse(worker_out: Path, out_dir: Path) -> Path:
+    """Re-analyse a run's worker output (saved from its temp dir) into the result document that run wrote."""
+    import json
+
+    from bench.common import render_markdown
+
+    path = out_dir / f"{NAME}.json"
+    doc = json.loads(path.read_text())
+    data = json.loads(worker_out.read_text())
+    doc["results"] = analyse(data, doc["params"])
+    note = f"re-analysed from the worker's output by the current bench/{NAME}.py"
+    if note not in doc.setdefault("notes", []):
+        doc["notes"].append(note)
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    (out_dir / f"{NAME}.md").write_text(render_markdown(doc, markdown(doc["results"], doc["params"])))
+    return path
 
 
 if __name__ == "__main__":

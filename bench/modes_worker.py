@@ -97,6 +97,7 @@ def main() -> None:
                 res = trainer.fit()
                 rec.update(ok=True, seconds=time.monotonic() - t0, step_seconds=res.step_seconds, comm_bytes=res.comm_bytes,
                            first_loss=res.losses[0], last_loss=res.losses[-1], losses=res.losses,
+                           compression_errors=res.compression_errors,
                            params=sum(p.numel() for p in trainer.model.parameters()))
                 del trainer, workload
             except Exception as exc:  # noqa: BLE001 - recorded; the other modes still run

@@ -71,7 +71,7 @@ class TrainerContract:
     precision: str = "fp32"  # fp32 | tf32 | bf16 | fp16 | fp8
     strategy: str = "ddp"  # ddp | fsdp
     compression: str = "none"  # none | fp16 | bf16 | powersgd
-    powersgd_rank: int = 2  # = PowerSGDSpec's default (tests/unit/test_contract.py)
+    powersgd_rank: int = 16  # = PowerSGDSpec's default (tests/unit/test_contract.py)
     # Plain all-reduce steps before PowerSGD compresses: 0 means powersgd_start_fraction of max_steps, so the
     # uncompressed warm-up scales with the job (bench/results/compression_loss.md: what an early start costs).
     powersgd_start_iteration: int = 0

@@ -66,6 +66,8 @@ def test_loss_cost_steps_to_reference_and_saving_against_the_same_seed():
     worse = cl.per_run(_rec("y@0", [2.2] * steps, [10] * steps), ref, window=10)
     assert worse["loss_cost"] == pytest.approx(0.1)
     assert worse["steps_to_reference"] is None and worse["seconds_to_reference"] is None
+    learning = cl.per_run(_rec("z@0", [3.0] * 50 + [2.5] * 50, [10] * steps), _rec("none@0", [4.0] * 20 + [2.5] * 80, [1000] * steps), window=10)
+    assert learning["reference_steps_to_final"] == 30  # none's trailing mean reached z's final loss (2.5) at step 30
 
 
 def test_goal_and_trade_off_come_from_the_median_over_seeds_and_the_whole_job_bytes():
@@ -98,3 +100,13 @@ def test_a_mode_without_its_seed_reference_is_left_out_not_compared_to_another_s
     res = cl.analyse({"records": [_rec("none@0", [2.0] * 100, [1000] * 100), _rec("powersgd/r1/s0.05/ef+ws@1", [1.0] * 100, [1] * 100)],
                       "world_size": 2, "device_name": "cpu"}, p)
     assert "powersgd/r1/s0.05/ef+ws" not in res["modes"]
+
+
+def test_the_page_is_rebuilt_from_the_raw_figures_kept_in_the_json():
+    p = dict(P, powersgd=[[1, 0.05]], ablation=[1, 0.05], casts=[])
+    records = [_rec("none@0", [2.0] * 100, [1000] * 100), _rec("powersgd/r1/s0.05/ef+ws@0", [2.2] * 100, [1000] * 5 + [10] * 95)]
+    res = cl.analyse({"records": records, "world_size": 2, "device_name": "cpu"}, p)
+    assert [r["mode"] for r in res["raw"]["records"]] == ["none@0", "powersgd/r1/s0.05/ef+ws@0"]
+    res["modes"] = {}  # what an older analysis left, or nothing: render re-analyses the raw figures
+    md = cl.render({"results": res, "params": p})
+    assert "+10.0%" in md and "PowerSGD r1, start 5% (5)" in md

@@ -365,3 +365,18 @@ def test_powersgd_memories_are_reset_after_a_non_finite_step():
     assert _sanitize_powersgd_memory(state, 0)
     assert torch.equal(state.error_dict[0], torch.zeros(2)) and 0 not in state.p_memory_dict and 0 not in state.q_memory_dict
     assert not _sanitize_powersgd_memory(state, 1)
+
+
+def test_compression_error_is_the_norm_ratio_over_a_step_and_none_without_compression_or_when_not_finite():
+    from kubetrain_trainer.compression import CommCounter
+
+    c = CommCounter()
+    assert c.take_compression_error() is None
+    c.add_compression_error(torch.tensor(1.0), torch.tensor(16.0))  # bucket 1: |e|^2 = 1, |g + e_prev|^2 = 16
+    c.add_compression_error(torch.tensor(3.0), torch.tensor(48.0))  # bucket 2
+    assert c.take_compression_error() == pytest.approx(0.25)  # sqrt(4 / 64), over the step's buckets
+    assert c.take_compression_error() is None  # taken: the next step starts empty
+    c.add_compression_error(torch.tensor(9.0), torch.tensor(4.0))
+    assert c.take_compression_error() == 1.0  # capped
+    c.add_compression_error(torch.tensor(float("inf")), torch.tensor(float("inf")))
+    assert c.take_compression_error() is None

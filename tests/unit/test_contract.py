@@ -28,7 +28,7 @@ def test_full_example_maps_onto_the_contract():
     c = contract_for(job)
     assert (c.job_name, c.namespace) == ("gpt-full", "ml-team")
     assert (c.precision, c.strategy, c.compression) == ("bf16", "ddp", "powersgd")
-    assert (c.powersgd_rank, c.powersgd_start_iteration, c.powersgd_start_fraction) == (4, 0, 0.05)
+    assert (c.powersgd_rank, c.powersgd_start_iteration, c.powersgd_start_fraction) == (16, 0, 0.05)
     assert c.powersgd_start() == 1000
     assert c.checkpoint_dir == "/checkpoints/gpt-full"
     assert (c.checkpoint_interval_steps, c.checkpoint_keep) == (500, 3)

@@ -50,10 +50,18 @@ def test_a_tiny_start_fraction_and_a_start_after_the_last_step_are_named():
     assert w.field == "spec.compression.powerSGD.startIteration" and "never compresses" in w.message
 
 
-def test_rank_one_and_no_error_feedback_are_named_with_their_measured_cost():
-    ws = spec_warnings(_job({"type": "powersgd", "powerSGD": {"rank": 1, "errorFeedback": False}}))
-    assert {w.field for w in ws} == {"spec.compression.powerSGD.rank", "spec.compression.powerSGD.errorFeedback"}
+def test_rank_one_and_no_error_feedback_or_warm_start_are_named_with_their_measured_cost():
+    ws = spec_warnings(_job({"type": "powersgd", "powerSGD": {"rank": 1, "errorFeedback": False, "warmStart": False}}))
+    assert {w.field for w in ws} == {"spec.compression.powerSGD.rank", "spec.compression.powerSGD.errorFeedback",
+                                     "spec.compression.powerSGD.warmStart"}
     assert all("compression_loss.md" in w.message and "%" in w.message for w in ws)
+
+
+def test_low_ranks_quote_the_nearest_measured_rank_and_rank_eight_up_is_quiet():
+    (w,) = spec_warnings(_job({"type": "powersgd", "powerSGD": {"rank": 3}}))
+    assert w.field == "spec.compression.powerSGD.rank" and "rank 2 cost +20%" in w.message
+    assert "rank 4 cost" in str(spec_warnings(_job({"type": "powersgd", "powerSGD": {"rank": 4}}))[0])
+    assert spec_warnings(_job({"type": "powersgd", "powerSGD": {"rank": 8}})) == []
 
 
 def test_every_shipped_example_is_free_of_warnings():

@@ -34,6 +34,7 @@ mode is counted the same way):
 from __future__ import annotations
 
 import logging
+import math
 import threading
 
 import torch
@@ -73,6 +74,8 @@ class CommCounter:
         if not err:
             return None
         e, i = float(sum(t.item() for t in err)), float(sum(t.item() for t in inp))
+        if not (math.isfinite(e) and math.isfinite(i)):
+            return None  # an fp16 overflow step (GradScaler skips it; the memories are reset): nothing to report
         # Capped: a ratio above 1 (an approximation further from the input than zero) is "all of it lost".
         return min(1.0, (e / i) ** 0.5) if i > 0 else 0.0
 
