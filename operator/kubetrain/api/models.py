@@ -537,6 +537,18 @@ class Toleration(ApiModel):
     toleration_seconds: int | None = Field(None, description="For NoExecute: how long the pod stays bound after the taint.")
 
 
+class GoodputSchedulingSpec(ApiModel):
+    """Whether the operator's goodput allocator may move this job's GPUs (docs/scheduling.md)."""
+
+    enabled: bool | None = Field(
+        None,
+        description="true: every interval the allocator sets this job's replicas between min and max to give each GPU "
+        "to the job that gains most from it (measured throughput; a restart is charged for every resize). false: the "
+        "job grows to max when GPUs are free, as without the allocator, and is never resized by it. Unset: the "
+        "operator's default (Helm value scheduling.goodput.default).",
+    )
+
+
 class SchedulingSpec(ApiModel):
     """Where the worker pods may run and who admits them."""
 
@@ -558,6 +570,9 @@ class SchedulingSpec(ApiModel):
         pattern=LABEL_VALUE,
         description="Kueue LocalQueue. Kueue reads the kueue.x-k8s.io/queue-name label; the operator "
         "keeps a job with either suspended until Kueue admits it.",
+    )
+    goodput: GoodputSchedulingSpec | None = Field(
+        None, description="Goodput-aware elastic scheduling across jobs: opt in or out (unset: the operator's default)."
     )
 
 
