@@ -4,8 +4,12 @@ Started by test_modes.py as ``torchrun --standalone --nproc-per-node=2 matrix_wo
 Each mode builds a fresh tiny builtin:gpt, trains it through the real Trainer
 (DDP/FSDP2 wrapping, our comm hooks, autocast/GradScaler/MixedPrecisionPolicy)
 with its own injected Prometheus registry, and rank 0 writes one JSON object per
-mode: losses, communicated bytes per step, step times and the registry's samples.
+mode: losses, communicated bytes per step, step times, noise scales and the registry's samples.
 A mode that raises is recorded as an error and the others still run.
+
+MATRIX_COUNT_COLLECTIVES=1 also records, per mode, the calls to torch.distributed's collectives and
+to the DDP comm hook (one per bucket per step); MATRIX_NOISE_OFF=1 turns the hooks' gradient norm
+measurement off (to time what it costs).
 """
 
 from __future__ import annotations
@@ -51,6 +55,35 @@ def samples(registry: CollectorRegistry) -> list[dict]:
     return out
 
 
+COLLECTIVES = ("all_reduce", "all_gather", "all_gather_single", "all_gather_into_tensor", "broadcast",
+               "reduce_scatter_tensor", "all_to_all_single", "barrier", "reduce", "gather", "scatter")
+
+
+def count_collectives(counts: dict[str, int]) -> None:
+    """Count every call to torch.distributed's collectives and to each DDP comm hook, by name."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    def counted(name, fn):
+        def wrapper(*args, **kwargs):
+            counts[name] = counts.get(name, 0) + 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+    for name in COLLECTIVES:
+        if hasattr(dist, name):
+            setattr(dist, name, counted(name, getattr(dist, name)))
+    register = DDP.register_comm_hook
+
+    def register_counted(self, state, hook):
+        def counted_hook(state, bucket):  # DDP checks the hook's parameter names
+            counts["ddp_hook"] = counts.get("ddp_hook", 0) + 1
+            return hook(state, bucket)
+
+        return register(self, state, counted_hook)
+
+    DDP.register_comm_hook = register_counted
+
+
 def main() -> None:
     out_path = sys.argv[1]
     modes = [m.split("/") for m in sys.argv[2:]]
@@ -58,6 +91,12 @@ def main() -> None:
     env = DistEnv.from_environ()
     caps = detect_capabilities()
     results = []
+    counts: dict[str, int] = {}
+    if os.environ.get("MATRIX_COUNT_COLLECTIVES") == "1":
+        count_collectives(counts)
+    if os.environ.get("MATRIX_NOISE_OFF") == "1":
+        from kubetrain_trainer import compression
+        compression._sq = lambda t: None  # the hooks skip the measurement when there is no local norm
     for precision, strategy, compression in modes:
         contract = BASE.replace(precision=precision, strategy=strategy, compression=compression)
         rec = {"precision": precision, "strategy": strategy, "compression": compression}
@@ -67,11 +106,13 @@ def main() -> None:
             registry = CollectorRegistry()
             metrics = TrainerMetrics(registry, job="matrix", namespace="test", pod=f"pod-{env.group_rank}")
             trainer = Trainer(contract, env, workload, device=torch.device("cpu"), backend="gloo", metrics=metrics)
+            counts.clear()
             t0 = time.monotonic()
             res = trainer.fit()
+            rec["collectives"] = dict(counts)
             rec.update(
                 ok=True, seconds=time.monotonic() - t0, losses=res.losses, comm_bytes=res.comm_bytes,
-                step_seconds=res.step_seconds, steps=res.step, metrics=samples(registry),
+                step_seconds=res.step_seconds, steps=res.step, metrics=samples(registry), noise_scales=res.noise_scales,
                 scaler_enabled=trainer.scaler.is_enabled(), world_size=env.world_size,
                 params=sum(p.numel() for p in trainer.model.parameters()),
             )

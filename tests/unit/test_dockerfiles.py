@@ -105,3 +105,42 @@ def test_operator_image_pins_every_dependency_the_tests_run_with():
     # The same file constrains the image and the test venv (Makefile), so the image runs what was tested.
     assert any("-c operator/constraints.txt" in rest for op, rest in instructions(REPO / "operator" / "Dockerfile") if op == "RUN")
     assert "-c operator/constraints.txt" in (REPO / "Makefile").read_text()
+
+
+def test_trainer_image_copies_every_kubetrain_module_the_trainer_imports():
+    """The trainer image holds the kubetrain_trainer package and only the kubetrain modules its COPY lines name:
+    every ``kubetrain.*`` import of the trainer (and of those modules, transitively) must be one of them."""
+    import ast
+
+    copied = set()
+    for op, rest in instructions(REPO / "trainer-image" / "Dockerfile"):
+        words = [w for w in rest.split() if not w.startswith("--")]
+        if op == "COPY" and words[-1].startswith("/opt/kubetrain/kubetrain/"):
+            copied |= {w for w in words[:-1] if w.startswith("operator/kubetrain/")}
+    ignore = (REPO / "trainer-image" / "Dockerfile.dockerignore").read_text().split()
+    assert {f"!{p}" for p in copied} <= set(ignore), "a COPY source the build context leaves out"
+
+    def kubetrain_imports(path: Path) -> set[str]:
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.add(node.module)
+            elif isinstance(node, ast.Import):
+                names |= {a.name for a in node.names}
+        return {n for n in names if n == "kubetrain" or n.startswith("kubetrain.")}
+
+    todo = list((REPO / "trainer-image" / "kubetrain_trainer").glob("*.py"))
+    seen: set[str] = set()
+    while todo:
+        for module in kubetrain_imports(todo.pop()):
+            if module in seen:
+                continue
+            seen.add(module)
+            rel = "operator/" + module.replace(".", "/")
+            files = {rel + ".py", rel + "/__init__.py"} & copied
+            assert files, f"the trainer imports {module}, which trainer-image/Dockerfile does not copy"
+            # A package's __init__ is imported on the way to its modules.
+            parts = module.split(".")
+            for i in range(1, len(parts)):
+                assert "operator/" + "/".join(parts[:i]) + "/__init__.py" in copied, f"{module}: no __init__.py copied"
+            todo += [REPO / f for f in files]

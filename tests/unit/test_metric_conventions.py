@@ -38,7 +38,8 @@ def _trainer_registry() -> CollectorRegistry:
     m.observe_step(step=1, loss=2.5, step_seconds=0.5, pod_tokens=4096, pod_samples=8, goodput=0.9, flops_per_token=1e9,
                    peak_flops=1e12, pod_devices=1,
                    processes=[ProcessFigures(0, 1e6, 0.1, 1.0, 1e9, gpu_utilization=0.8, gpu_memory_bytes=1e9,
-                                             gpu_power_watts=300, gpu_energy_joules=1000, compression_error=0.2)])
+                                             gpu_power_watts=300, gpu_energy_joules=1000, compression_error=0.2)],
+                   noise_scale=120.0)
     m.observe_checkpoint(completed_at=1_700_000_000, seconds=2.0)
     return r
 

@@ -7,7 +7,8 @@ import math
 import pytest
 
 from kubetrain.scheduling import restart_cost
-from kubetrain.scheduling.efficiency import efficiency, gain, noise_scale_from_moments, noise_scale_from_norms
+from kubetrain.scheduling.efficiency import (NoiseScaleEstimator, efficiency, gain, noise_scale_from_moments,
+                                             noise_scale_from_norms)
 from kubetrain.scheduling.goodput import GoodputModel
 from kubetrain.scheduling.throughput_model import StepObservation, StepTimeParams, fit, rms_log_error
 
@@ -80,6 +81,48 @@ def test_noise_scale_from_norms_inverts_the_expected_norms():
     assert noise_scale_from_norms(small, local, big, glob) == pytest.approx(400.0)
     assert noise_scale_from_norms(small, local, small, local) is None  # one replica: no pair
     assert noise_scale_from_moments(grad_sqr=2.0, grad_var=25.0, batch=32) == pytest.approx(400.0)
+
+
+@pytest.mark.parametrize("ranks,per_rank", [(2, 8), (4, 16), (8, 4)])
+def test_noise_scale_estimator_recovers_a_known_noise_scale(ranks, per_rank):
+    """Synthetic DDP steps: each rank's gradient is G + Gaussian noise of per-sample covariance Sigma averaged over
+    its batch; the all-reduced one is their mean. tr(Sigma) / |G|^2 = 64 samples; the estimator must recover it
+    from what the trainer sees (the mean over ranks of |g_i|^2 and |mean g_i|^2), though single steps cannot."""
+    np = pytest.importorskip("numpy")
+    rng = np.random.default_rng(7)
+    dim = 32  # few coordinates: one step's norms are far from their expectations
+    true_g = rng.normal(size=dim)
+    true_g *= 1.0 / np.linalg.norm(true_g)  # |G|^2 = 1
+    # Anisotropic Sigma (the estimator only needs its trace): per-coordinate variances with tr = 64.
+    var = rng.uniform(0.2, 1.8, size=dim)
+    var *= 64.0 / var.sum()
+    est = NoiseScaleEstimator(beta=0.99)
+    single = []
+    for _ in range(3000):
+        g = true_g + rng.normal(size=(ranks, dim)) * np.sqrt(var / per_rank)
+        local = float((g * g).sum(axis=1).mean())
+        reduced = float((g.mean(axis=0) ** 2).sum())
+        est.update(local, per_rank, reduced, ranks * per_rank)
+        single.append(noise_scale_from_norms(local, per_rank, reduced, ranks * per_rank))
+    assert est.value == pytest.approx(64.0, rel=0.2)
+    assert est.grad_sqr == pytest.approx(1.0, rel=0.2)
+    assert est.grad_var == pytest.approx(64.0, rel=0.2)
+    # Why the smoothing: one step's ratio is often undefined (|G|^2 estimate <= 0) or far off.
+    assert sum(1 for x in single if x is None or not 32 < x < 128) > len(single) // 10
+
+
+def test_noise_scale_estimator_is_unknown_without_two_batch_sizes():
+    est = NoiseScaleEstimator()
+    assert est.value is None and est.grad_sqr is None
+    assert est.update(5.0, 8, 5.0, 8) is None  # world size 1: one batch size, nothing to compare
+    assert est.steps == 0
+    assert est.update(10.0, 8, 2.0, 16) is None  # |G|^2 estimate <= 0: unknown, not negative
+    assert est.update(float("nan"), 8, 1.0, 16) is None and est.steps == 1  # a non-finite step is skipped
+    # Bias-corrected: after one step the value is that step's ratio, not pulled towards 0.
+    one = NoiseScaleEstimator()
+    assert one.update(2.0 + 800 / 32, 32, 2.0 + 800 / 256, 256) == pytest.approx(400.0)
+    with pytest.raises(ValueError):
+        NoiseScaleEstimator(beta=1.0)
 
 
 def test_goodput_weighs_throughput_by_efficiency():

@@ -27,6 +27,17 @@ mode is counted the same way):
     steps send exactly what the hook counts in ``total_numel_after_compression``
     (uncompressed tensors + P + Q).
 
+Gradient noise scale (every hook, world size > 1): each bucket's squared norm before the
+all-reduce (this rank's gradient at its own batch) and after it (the job's gradient at the global
+batch), summed over buckets and kept as device tensors until ``take_gradient_norms`` (once per
+step, after the loss is read, like the compression error): no extra device sync and no extra
+collective; the trainer averages the local norms over ranks in its per-step all-gather. PowerSGD
+is measured on its plain all-reduce (warm-up) steps only: once it compresses, the reduced bucket is
+a low-rank approximation plus the carried error, whose norm is not the average gradient's (measured
+on the built-in GPT: it exceeds the local norm, S < 0, and the estimate collapses to 0), so the
+trainer keeps the warm-up estimate. FSDP2 has no hook here (its reduce-scatter leaves each rank a
+shard): no measurement.
+
 ``batched_powerSGD_hook`` is not offered: it fails in ``_orthogonalize`` on
 2.14.1 as it did on 2.13.
 """
@@ -61,6 +72,28 @@ class CommCounter:
         self._mark = 0
         self._err_sq: list[torch.Tensor] = []
         self._input_sq: list[torch.Tensor] = []
+        self._local_sq: list[torch.Tensor] = []
+        self._global_sq: list[torch.Tensor] = []
+
+    def add_gradient_norms(self, local_sq: torch.Tensor, global_sq: torch.Tensor) -> None:
+        """One bucket's squared norm before (this rank's gradient) and after (the all-reduced one) its all-reduce."""
+        with self._lock:
+            self._local_sq.append(local_sq)
+            self._global_sq.append(global_sq)
+
+    def take_gradient_norms(self) -> tuple[float, float] | None:
+        """(|g_local|^2, |g_reduced|^2) summed over the buckets since the previous call; None if none, or not finite.
+
+        One device-to-host copy for all buckets; called after the step's loss was read, so nothing waits.
+        """
+        with self._lock:
+            loc, glob, self._local_sq, self._global_sq = self._local_sq, self._global_sq, [], []
+        if not loc:
+            return None
+        both = torch.stack([t.to(torch.float64) for t in loc + glob]).view(2, -1).sum(1).tolist()
+        if not all(math.isfinite(x) for x in both):
+            return None  # an fp16 overflow step (GradScaler skips it)
+        return both[0], both[1]
 
     def add_compression_error(self, err_sq: torch.Tensor, input_sq: torch.Tensor) -> None:
         with self._lock:
@@ -99,13 +132,29 @@ def _group(pg):
     return pg if pg is not None else dist.group.WORLD
 
 
+def _sq(t: torch.Tensor) -> torch.Tensor:
+    """Squared L2 norm of a flat bucket, accumulated in fp32 or better; a device tensor (no sync)."""
+    t = t.detach()
+    if t.dtype not in (torch.float32, torch.float64):
+        t = t.float()
+    return t.dot(t)
+
+
 def allreduce_hook(counter: CommCounter, process_group=None):
     def hook(state, bucket):  # unannotated: DDP checks annotations, which are strings here
         group = _group(process_group)
         buf = bucket.buffer()
+        local_sq = _sq(buf) if group.size() > 1 else None
         buf.div_(group.size())
         counter.add(buf.numel() * buf.element_size())
-        return dist.all_reduce(buf, group=group, async_op=True).get_future().then(lambda fut: fut.value()[0])
+
+        def done(fut):
+            out = fut.value()[0]
+            if local_sq is not None:
+                counter.add_gradient_norms(local_sq, _sq(out))
+            return out
+
+        return dist.all_reduce(buf, group=group, async_op=True).get_future().then(done)
 
     return hook
 
@@ -116,12 +165,15 @@ def cast_compress_hook(dtype: torch.dtype, counter: CommCounter, process_group=N
     def hook(state, bucket):  # unannotated: DDP checks annotations, which are strings here
         group = _group(process_group)
         buf = bucket.buffer()
+        local_sq = _sq(buf) if group.size() > 1 else None  # before the cast: this rank's gradient as computed
         compressed = buf.to(dtype).div_(group.size())
         counter.add(compressed.numel() * compressed.element_size())
         fut = dist.all_reduce(compressed, group=group, async_op=True).get_future()
 
         def decompress(f):
             buf.copy_(f.value()[0])
+            if local_sq is not None:
+                counter.add_gradient_norms(local_sq, _sq(buf))
             return buf
 
         return fut.then(decompress)
@@ -172,10 +224,14 @@ def _sanitize_powersgd_memory(state: psgd.PowerSGDState, bucket_index: int) -> b
     return bad
 
 
-def _measure_error(state: psgd.PowerSGDState, index: int, approx: torch.Tensor, counter: CommCounter) -> torch.Tensor:
+def _measure_error(state: psgd.PowerSGDState, index: int, approx: torch.Tensor, counter: CommCounter,
+                   local_sq: torch.Tensor | None = None, compressed: bool = True) -> torch.Tensor:
     """After the hook: record ‖e‖² and ‖e + approx‖² (= ‖g + e_prev‖²) of the bucket, from the error feedback
-    memory the hook just wrote; three dot products, no copy of the bucket."""
-    err = state.error_dict.get(index)
+    memory the hook just wrote; three dot products, no copy of the bucket. With ``local_sq`` (this rank's
+    gradient before the hook), also the gradient norms of the noise scale (‖approx‖² as the reduced one)."""
+    if local_sq is not None:
+        counter.add_gradient_norms(local_sq, _sq(approx))
+    err = state.error_dict.get(index) if compressed and state.use_error_feedback else None
     if err is not None and err.numel() == approx.numel():
         e2, ea, a2 = err.dot(err), err.dot(approx), approx.dot(approx)
         counter.add_compression_error(e2.detach(), (e2 + 2 * ea + a2).detach())
@@ -191,13 +247,16 @@ def powersgd_hook(counter: CommCounter, *, serialize: bool, sanitize: bool):
         index = bucket.index()
         vanilla = state.iter < state.start_powerSGD_iter
         before = state.total_numel_after_compression
+        # Plain all-reduce steps only (see the module docstring); before the hook, which would add the
+        # carried error into the bucket in place.
+        local_sq = _sq(buf) if vanilla and _group(state.process_group).size() > 1 else None
         if vanilla:
             counter.add(buf.numel() * esize)
         fut = psgd.powerSGD_hook(state, bucket)
         if not vanilla:
             counter.add((state.total_numel_after_compression - before) * esize)
-        if not vanilla and state.use_error_feedback:
-            fut = fut.then(lambda f: _measure_error(state, index, f.value(), counter))
+        if local_sq is not None or (not vanilla and state.use_error_feedback):
+            fut = fut.then(lambda f: _measure_error(state, index, f.value(), counter, local_sq, compressed=not vanilla))
         if serialize:
             fut.wait()
         if not sanitize:

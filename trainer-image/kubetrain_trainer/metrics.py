@@ -19,6 +19,9 @@ job level, the same value on every pod (aggregate with max/avg, not sum):
   kubetrain_trainer_loss                     mean training loss of the latest step, all ranks
   kubetrain_trainer_world_size               processes in the current rendezvous round
   kubetrain_trainer_goodput_ratio            kept productive step time ÷ wall time since the job's first start
+  kubetrain_trainer_gradient_noise_scale     gradient noise scale B_noise in samples (McCandlish et al. 2018), from
+                                             the local and all-reduced gradient norms of the DDP hooks, smoothed
+                                             over steps; absent while unknown (world size 1, FSDP, smoothed |G|² ≤ 0)
   kubetrain_trainer_last_checkpoint_timestamp_seconds  when the newest checkpoint was completed
   kubetrain_trainer_step_duration_seconds    histogram of step wall time (data loading included)
   kubetrain_trainer_checkpoint_duration_seconds histogram of checkpoint save time
@@ -116,6 +119,9 @@ class TrainerMetrics:
         self.loss = g("kubetrain_trainer_loss", "Mean training loss of the latest step over all ranks.")
         self.world_size = g("kubetrain_trainer_world_size", "Processes in the current rendezvous round.")
         self.goodput = g("kubetrain_trainer_goodput_ratio", "Kept productive step time divided by wall time since the job first started (0-1).")
+        self.noise_scale = g("kubetrain_trainer_gradient_noise_scale",
+                             "Gradient noise scale in samples (McCandlish et al. 2018) from local vs all-reduced DDP "
+                             "gradient norms, smoothed over steps; absent while unknown (world size 1, FSDP).")
         self.last_checkpoint = g("kubetrain_trainer_last_checkpoint_timestamp_seconds", "Unix time the newest complete checkpoint was written.")
         self.step_duration = Histogram(
             "kubetrain_trainer_step_duration_seconds", "Wall time of a training step, data loading included.", L, registry=r, buckets=STEP_BUCKETS
@@ -170,6 +176,7 @@ class TrainerMetrics:
         peak_flops: float | None,
         pod_devices: int,
         processes: list[ProcessFigures],
+        noise_scale: float | None = None,
     ) -> tuple[float, float, float | None]:
         """Record one step; returns (pod tokens/s, pod samples/s, MFU or None)."""
         from kubetrain_trainer.mfu import mfu as mfu_of
@@ -190,6 +197,11 @@ class TrainerMetrics:
             self._pod(self.mfu).set(ratio)
         if goodput is not None:
             self._pod(self.goodput).set(max(0.0, min(1.0, goodput)))
+        if noise_scale is not None:
+            self._pod(self.noise_scale).set(noise_scale)
+        else:
+            # Unknown now: absent rather than a stale value (removing a series never set is a no-op).
+            self.noise_scale.remove(*(self.pod_labels[k] for k in POD_LABELS))
         for p in processes:
             lr = p.local_rank
             self._mono.set(self._proc(self.comm_bytes, lr), ("comm", lr), p.communicated_bytes)

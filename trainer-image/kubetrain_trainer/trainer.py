@@ -6,7 +6,8 @@ comms do the compressed, counted communication — unscale, clip, step).
 ``Trainer.fit`` is the elastic loop around it: resume from the newest
 checkpoint at the current world size, feed the elastic sampler's batches,
 all-gather a small row of per-rank figures each step (job loss, pod
-throughput, SIGTERM flags, process figures), export metrics, checkpoint every
+throughput, SIGTERM flags, process figures, the gradient norms of the noise
+scale), export metrics, checkpoint every
 N steps, and stop cleanly — with a checkpoint — when any rank got SIGTERM.
 """
 
@@ -25,6 +26,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from kubetrain.contract import TrainerContract
+from kubetrain.scheduling.efficiency import NoiseScaleEstimator
 
 from kubetrain_trainer.api import Workload
 from kubetrain_trainer.checkpoint import CheckpointManager, CheckpointMeta, TrainState
@@ -73,7 +75,10 @@ class DistEnv:
 _C_LOSS_SUM, _C_SAMPLES, _C_TOKENS, _C_STOP, _C_GROUP, _C_LOCAL = range(6)
 _C_COMM, _C_DATA, _C_CPU, _C_RSS, _C_GPU_UTIL, _C_GPU_MEM, _C_GPU_POWER, _C_GPU_ENERGY, _C_COMPUTE = range(6, 15)
 _C_COMPRESSION_ERROR = 15  # PowerSGD's relative compression error this step; < 0: none (not compressing)
-_NCOLS = 16
+# This rank's squared gradient norm before the DDP all-reduce, and the all-reduced gradient's after it
+# (summed over buckets, unscaled); < 0: not measured (world size 1, FSDP, an fp16 overflow step).
+_C_GRAD_LOCAL_SQ, _C_GRAD_GLOBAL_SQ = 16, 17
+_NCOLS = 18
 
 
 @dataclass
@@ -90,6 +95,8 @@ class FitResult:
     step_seconds: list[float] = field(default_factory=list)
     # PowerSGD: mean over ranks of the relative compression error per step (None: not compressing that step)
     compression_errors: list[float | None] = field(default_factory=list)
+    # Smoothed gradient noise scale (samples) after each step; None while unknown (world size 1, FSDP, early)
+    noise_scales: list[float | None] = field(default_factory=list)
     tokens_per_second: float = 0.0  # job-wide, last window
 
 
@@ -180,6 +187,10 @@ class Trainer:
         self.peak_flops = peak_flops_for(device_name) if device.type == "cuda" and self.plan.reports_mfu() else None
         self.flops_per_token = workload.flops_per_token if self.plan.reports_mfu() else None
         self._data_seconds = 0.0
+        # Gradient noise scale from the DDP hooks' norms: undefined at world size 1 (one batch size),
+        # and FSDP2's reduce-scatter leaves no full gradient to measure.
+        self.noise = NoiseScaleEstimator() if contract.strategy == "ddp" and env.world_size > 1 else None
+        self._grad_scale: torch.Tensor | None = None
 
     # -- one step ---------------------------------------------------------------
     def train_step(self, batch: Any) -> torch.Tensor:
@@ -190,6 +201,11 @@ class Trainer:
         if loss.dim() != 0:
             raise ValueError(f"loss_fn must return a scalar, got shape {tuple(loss.shape)}")
         self.scaler.scale(loss).backward()
+        if self.scaler.is_enabled():
+            # The scale this backward ran at (the hooks' norms are scaled by it), kept on the device:
+            # get_scale() would sync here, and update() below may change it.
+            scale = getattr(self.scaler, "_scale", None)
+            self._grad_scale = scale.detach().clone() if scale is not None else None
         if self.workload.grad_clip_norm:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.workload.grad_clip_norm)
@@ -197,6 +213,33 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         return loss.detach()
+
+    # -- gradient noise scale -----------------------------------------------------
+    def _take_gradient_norms(self) -> tuple[float, float]:
+        """This step's (local, all-reduced) squared gradient norms from the hooks, unscaled; (-1, -1) if none."""
+        norms = self.counter.take_gradient_norms()
+        if norms is None or self.noise is None:
+            return -1.0, -1.0
+        local, reduced = norms
+        if self.scaler.is_enabled() and self._grad_scale is not None:
+            s2 = float(self._grad_scale.item()) ** 2  # the loss was read already: nothing left to wait for
+            if not (math.isfinite(s2) and s2 > 0):
+                return -1.0, -1.0
+            local, reduced = local / s2, reduced / s2
+        return local, reduced
+
+    def _observe_noise_scale(self, rows: torch.Tensor) -> float | None:
+        """Feed the gathered norms to the estimator: |g_small|^2 is the mean over ranks at the per-rank batch,
+        |g_big|^2 the all-reduced norm at the global batch. The same rows on every rank: the same value."""
+        if self.noise is None:
+            return None
+        local, reduced = rows[:, _C_GRAD_LOCAL_SQ], rows[:, _C_GRAD_GLOBAL_SQ]
+        if bool((local >= 0).all()) and bool((reduced >= 0).all()):
+            samples = rows[:, _C_SAMPLES]
+            self.noise.update(float(local.mean().item()), float(samples.mean().item()),
+                              float(reduced.mean().item()), float(samples.sum().item()))
+        value = self.noise.value
+        return value if value is not None and math.isfinite(value) else None
 
     # -- collectives ------------------------------------------------------------
     def _stats_device(self) -> torch.device:
@@ -313,6 +356,7 @@ class Trainer:
             row[_C_COMPUTE] = t_compute
             comp_err = self.counter.take_compression_error()
             row[_C_COMPRESSION_ERROR] = -1.0 if comp_err is None else comp_err
+            row[_C_GRAD_LOCAL_SQ], row[_C_GRAD_GLOBAL_SQ] = self._take_gradient_norms()
             rows = self._gather_rows(row)
             id_lists = self._gather_ids(ids) if c.sample_log_path else None
             step_seconds = time.monotonic() - t0
@@ -332,6 +376,8 @@ class Trainer:
             result.step_seconds.append(step_seconds)
             errs = rows[:, _C_COMPRESSION_ERROR]
             result.compression_errors.append(float(errs[errs >= 0].mean().item()) if bool((errs >= 0).any()) else None)
+            noise_scale = self._observe_noise_scale(rows)
+            result.noise_scales.append(noise_scale)
             tps_window.append((step_seconds, job_tokens))
             tps_window = tps_window[-20:]
             job_tps = sum(t for _, t in tps_window) / max(sum(s for s, _ in tps_window), 1e-9)
@@ -360,7 +406,7 @@ class Trainer:
                     step=step, loss=job_loss, step_seconds=step_seconds,
                     pod_tokens=float(mine[:, _C_TOKENS].sum().item()), pod_samples=float(mine[:, _C_SAMPLES].sum().item()),
                     goodput=goodput, flops_per_token=self.flops_per_token, peak_flops=self.peak_flops,
-                    pod_devices=env.local_world_size, processes=procs,
+                    pod_devices=env.local_world_size, processes=procs, noise_scale=noise_scale,
                 )
             if env.rank == 0:
                 if step <= 3 or step % log_every == 0 or step == c.max_steps:

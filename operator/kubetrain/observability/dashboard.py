@@ -57,6 +57,10 @@ ROWS: dict[str, list[PanelSpec]] = {
         PanelSpec("Loss", "short", ((q.loss(SEL), "{{job}}"),), "trainer", "Mean training loss over all ranks."),
         PanelSpec("Goodput", "percentunit", ((q.goodput(SEL), "{{job}}"),), "trainer",
                   "Kept productive training time over wall time since the job started."),
+        PanelSpec("Gradient noise scale", "short", ((q.gradient_noise_scale(SEL), "{{job}}"),), "trainer",
+                  "Gradient noise scale in samples (McCandlish et al. 2018), from local against all-reduced DDP "
+                  "gradient norms, smoothed: batches well below it use samples efficiently, batches above it "
+                  "waste them. Absent at world size 1 and under FSDP; under PowerSGD, from its warm-up steps."),
     ],
     "Elasticity and faults": [
         PanelSpec("World size", "short", ((q.world_size(SEL), "{{job}}"),), "trainer", "Training processes in the current rendezvous."),

@@ -67,6 +67,11 @@ def compression_error(sel: str = "") -> str:
     return f"max by ({BY_JOB}) ({_m('kubetrain_trainer_compression_error_ratio', sel)})"
 
 
+def gradient_noise_scale(sel: str = "") -> str:
+    """The smoothed gradient noise scale in samples (the same on every pod of a job; absent at world size 1 and under FSDP)."""
+    return f"max by ({BY_JOB}) ({_m('kubetrain_trainer_gradient_noise_scale', sel)})"
+
+
 def process_cpu(sel: str = "", window: str = "5m") -> str:
     return f"sum by ({BY_JOB}) (rate({_m('kubetrain_trainer_process_cpu_seconds_total', sel)}[{window}]))"
 
