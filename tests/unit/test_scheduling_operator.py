@@ -88,6 +88,23 @@ def test_the_model_learns_which_job_scales_from_its_readings():
     assert History().table(6, 8, 2) == ()
 
 
+def test_a_steady_job_is_not_refitted_every_reading():
+    h = _history(lambda r: 100.0 * r, [1, 3])
+    h.table(6, 8, 2)
+    fitted = h.params
+    h.add(reading(_status(3, 302.0, observed=NOW + timedelta(seconds=30)), 8, 2))  # within 5%: the same model
+    assert h.params is fitted
+    h.add(reading(_status(3, 200.0, observed=NOW + timedelta(seconds=31)), 8, 2))  # slower now: refit
+    assert h.params is None and h.table(6, 8, 2)[3] < 300
+
+
+def test_no_round_without_an_opted_in_job():
+    alloc, registry, _ = _allocator()
+    alloc.report(("ns", "fixed"), _facts(replicas=2, managed=False), {}, 1)
+    assert alloc.run_round() is None
+    assert registry.get_sample_value("kubetrain_operator_allocator_round_duration_seconds_count") == 0
+
+
 def test_a_job_seen_at_one_size_keeps_the_optimistic_prior():
     one = _history(lambda r: 100.0, [1])
     t = one.table(4, 8, 2)

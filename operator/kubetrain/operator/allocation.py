@@ -40,6 +40,9 @@ JobKey = tuple[str, str]  # (namespace, job)
 POKE_DEBOUNCE_SECONDS = 0.5
 # Weight of a new reading in a size's step-time EMA: a reading is a window mean already.
 EMA_WEIGHT = 0.5
+# A fit takes ~10 ms: refit only on a new size or a step time this far from the fitted one, so a
+# steady job costs a round nothing (1,000 jobs refitted every round would hold the lock for seconds).
+REFIT_CHANGE = 0.05
 ACTIVE = ("Running", "Scaling", "Restarting")
 
 
@@ -118,6 +121,7 @@ class History:
     unit: str | None = None
     last_stamp: str | None = None
     params: StepTimeParams | None = None
+    fitted: dict[tuple[int, int], float] = field(default_factory=dict)  # the points ``params`` was fitted on
 
     def add(self, r: Reading) -> bool:
         """Fold a reading in; False when it was seen already."""
@@ -128,8 +132,10 @@ class History:
         self.last_stamp = r.stamp
         key = (r.replicas, r.nodes)
         old = self.points.get(key)
-        self.points[key] = r.step_time if old is None else (1 - EMA_WEIGHT) * old + EMA_WEIGHT * r.step_time
-        self.params = None
+        new = self.points[key] = r.step_time if old is None else (1 - EMA_WEIGHT) * old + EMA_WEIGHT * r.step_time
+        was = self.fitted.get(key)
+        if was is None or abs(new - was) > REFIT_CHANGE * was:
+            self.params = None
         return True
 
     def table(self, max_replicas: int, local_batch: float, gpus_per_node: int) -> tuple[float, ...]:
@@ -139,6 +145,7 @@ class History:
         if self.params is None:
             obs = [StepObservation(r, n, local_batch, t) for (r, n), t in sorted(self.points.items())]
             self.params = fit(obs)
+            self.fitted = dict(self.points)
         model = GoodputModel(self.params, local_batch, local_batch, gpus_per_node=max(gpus_per_node, 1))
         return model.table(max_replicas)
 
@@ -213,8 +220,8 @@ class GoodputAllocator:
         started = time.perf_counter()
         now = self.clock()
         with self._lock:
-            if not self._gpus or not self._facts:
-                return None
+            if not self._gpus or not any(f.managed for f in self._facts.values()):
+                return None  # nothing to move: no round, no metric, no log
             capacity = sum(self._gpus.values())
             top = max(self._gpus.values())
             names = {f"{ns}/{job}": (ns, job) for ns, job in self._facts}
@@ -254,7 +261,8 @@ class GoodputAllocator:
                 self.metrics.allocated.labels(*key).set(replicas)
         self.metrics.allocator_round.observe(time.perf_counter() - started)
         for d in result.decisions:
-            log.info("goodput allocator: %s %d -> %d: %s", d.name, d.previous, d.replicas, d.reason)
+            if names[d.name] in self._targets:  # managed jobs only: the others are not ours to move
+                log.info("goodput allocator: %s %d -> %d: %s", d.name, d.previous, d.replicas, d.reason)
         return result
 
     def start(self) -> None:
