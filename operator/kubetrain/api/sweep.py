@@ -38,6 +38,7 @@ NUMERIC_TARGETS = {
     "trainer.sequenceLength": "int",
     "compression.powerSGD.rank": "int",
     "compression.powerSGD.startIteration": "int",
+    "compression.powerSGD.startFraction": "float",
 }
 CATEGORICAL_TARGETS = ("precision", "strategy", "compression.type")
 FREE_TARGET = r"^(trainer\.args\.[A-Za-z0-9_.-]+|container\.env\.[A-Za-z_][A-Za-z0-9_]*)$"
@@ -78,7 +79,8 @@ class SearchParameter(ApiModel):
         ...,
         max_length=253,
         description="The TrainingJob field the value sets: trainer.learningRate, trainer.batchSize, trainer.seed, "
-        "trainer.sequenceLength, compression.powerSGD.rank, compression.powerSGD.startIteration, precision, "
+        "trainer.sequenceLength, compression.powerSGD.rank, compression.powerSGD.startIteration, "
+        "compression.powerSGD.startFraction, precision, "
         "strategy, compression.type, trainer.args.<key> (your workload's settings) or container.env.<NAME> "
         "(your script's environment).",
     )
