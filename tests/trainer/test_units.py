@@ -120,8 +120,10 @@ def test_builtin_gpt_flops_follow_the_formula():
 
 # -- metrics ----------------------------------------------------------------------------------
 
+# Counts and rates of samples or tokens have no base unit to suffix (the gradient noise scale is a batch size, in samples).
 _UNITLESS_OK = {"kubetrain_trainer_loss", "kubetrain_trainer_step", "kubetrain_trainer_max_steps", "kubetrain_trainer_world_size",
-                "kubetrain_trainer_tokens_per_second", "kubetrain_trainer_samples_per_second"}
+                "kubetrain_trainer_tokens_per_second", "kubetrain_trainer_samples_per_second",
+                "kubetrain_trainer_gradient_noise_scale"}
 _SUFFIXES = ("_seconds", "_bytes", "_ratio", "_watts", "_timestamp_seconds")
 
 
