@@ -79,6 +79,8 @@ def run_sweep(sweep: TrainingSweep, *, workdir: str | Path | None = None, out: T
         rec.state, rec.reason = state, reason
         print(_line(rec, spec.objective.step), file=out, flush=True)
 
+    # The trainer's progress file spells the objective in snake case.
+    metric = {"loss": "loss", "tokensPerSecond": "tokens_per_second", "mfu": "mfu"}[spec.objective.metric]
     stop = StopFlag(RUN_STOP_SIGNALS)
     with stop.installed():
         next_number = 0
@@ -105,7 +107,6 @@ def run_sweep(sweep: TrainingSweep, *, workdir: str | Path | None = None, out: T
             time.sleep(POLL_SECONDS)
             for number, run in list(running.items()):
                 rec, st = run.record, run.job.status() or {}
-                metric = {"loss": "loss", "tokensPerSecond": "tokens_per_second", "mfu": "mfu"}[spec.objective.metric]
                 new = {}
                 if st.get("step") is not None and st.get(metric) is not None:
                     new = run.reports.observe(int(st["step"]), float(st[metric]))

@@ -54,9 +54,6 @@ _TARGET_CEL = (
 )
 
 ObjectiveMetric = Literal["loss", "tokensPerSecond", "mfu"]
-# The trainer series each objective reads (kubetrain_trainer.metrics): one vocabulary.
-OBJECTIVE_SERIES = {"loss": "kubetrain_trainer_loss", "tokensPerSecond": "kubetrain_trainer_tokens_per_second",
-                    "mfu": "kubetrain_trainer_mfu_ratio"}
 TrialState = Literal["Pending", "Running", "Succeeded", "Pruned", "Failed"]
 SweepPhase = Literal["Pending", "Running", "Suspended", "Succeeded", "Failed"]
 

@@ -16,7 +16,7 @@ from typing import Any
 from kubetrain.api.models import API_VERSION, KIND
 from kubetrain.api.sweep import SWEEP_KIND, TrainingSweep
 from kubetrain.operator import naming
-from kubetrain.tuning.space import as_strings, trial_spec
+from kubetrain.tuning.space import trial_spec
 
 # The objective's values kept per trial, by step: enough for the pruners' rungs and a curve.
 # Older points are thinned (every other one dropped) so an annotation stays a few KiB.
@@ -115,7 +115,3 @@ def record_from_job(job: dict[str, Any]) -> TrialRecord | None:
     when = datetime.fromisoformat(changed.replace("Z", "+00:00")) if isinstance(changed, str) else None
     return TrialRecord(number=number, job=meta.get("name", ""), state=state, params=params, values=values,
                        reason=reason, changed=when)
-
-
-def shown_params(record: TrialRecord) -> dict[str, str]:
-    return as_strings(record.params)
