@@ -8,11 +8,11 @@ from kubetrain.operator.throughput import Throughput, aggregate_expositions
 from kubetrain_trainer.metrics import TrainerMetrics
 
 
-def _pod_text(pod: str, step: int, tokens: float, samples: float, loss: float = 2.0) -> str:
+def _pod_text(pod: str, step: int, tokens: float, samples: float, loss: float = 2.0, noise_scale: float | None = None) -> str:
     r = CollectorRegistry()
     m = TrainerMetrics(r, job="gpt", namespace="ml", pod=pod)
     m.observe_step(step=step, loss=loss, step_seconds=1.0, pod_tokens=tokens, pod_samples=samples, goodput=None,
-                   flops_per_token=None, peak_flops=None, pod_devices=0, processes=[])
+                   flops_per_token=None, peak_flops=None, pod_devices=0, processes=[], noise_scale=noise_scale)
     return generate_latest(r).decode()
 
 
@@ -27,6 +27,15 @@ def test_the_loss_reaches_the_status_for_sweeps():
     assert tp.loss == 2.25 and tp.status()["loss"] == 2.25
     nan = aggregate_expositions([_pod_text("gpt-w0-0", 10, 1.0, 1.0, loss=float("nan"))])
     assert "loss" not in nan.status()  # a diverged trial shows no loss rather than an invalid status
+
+
+def test_the_gradient_noise_scale_reaches_the_status_for_the_goodput_allocator():
+    tp = aggregate_expositions([_pod_text("gpt-w0-0", 10, 1.0, 1.0, noise_scale=412.5),
+                                _pod_text("gpt-w1-0", 10, 1.0, 1.0, noise_scale=412.5)])
+    assert tp.gradient_noise_scale == 412.5 and tp.status()["gradientNoiseScale"] == 412.5
+    # World size 1: the trainer exports no estimate, so the status has none (the allocator weighs throughput only).
+    alone = aggregate_expositions([_pod_text("gpt-w0-0", 10, 1.0, 1.0)])
+    assert alone.gradient_noise_scale is None and "gradientNoiseScale" not in alone.status()
 
 
 def test_no_trainer_metrics_means_no_figures():

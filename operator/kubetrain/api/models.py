@@ -679,6 +679,12 @@ class Throughput(ApiModel):
     samples_per_second: float | None = Field(None, ge=0, description="Job-wide samples per second.")
     step: int | None = Field(None, ge=0, description="Job-wide optimizer step.")
     loss: float | None = Field(None, description="Training loss at that step (mean over all ranks): a sweep's objective.")
+    gradient_noise_scale: float | None = Field(
+        None, ge=0,
+        description="Gradient noise scale in samples (kubetrain_trainer_gradient_noise_scale; absent at world size 1 "
+        "and under FSDP): the global batch beyond which more replicas buy throughput but little progress. The goodput "
+        "allocator weighs each job's throughput by the statistical efficiency it implies.",
+    )
     observed_time: datetime | None = Field(None, description="When these figures were read.")
 
 
@@ -689,6 +695,19 @@ class ScalingEvent(ApiModel):
     from_replicas: int | None = Field(None, ge=0, description="Replicas before.")
     to_replicas: int | None = Field(None, ge=0, description="Replicas after.")
     reason: str = Field("", description="Why, e.g. NodeLost, CapacityAvailable, BelowMinimum.")
+
+
+class AllocationStatus(ApiModel):
+    """What the goodput allocator holds for a job it manages (docs/scheduling.md)."""
+
+    replicas: int | None = Field(None, ge=0, description="The allocator's replicas for the job (desiredReplicas follows as GPUs free up).")
+    restart_seconds: float | None = Field(
+        None, ge=0,
+        description="Seconds of progress one resize costs this job, charged against every move the allocator weighs: "
+        "learned from the job's own resizes (wall time from the resize to throughput at the new size, less the steps "
+        "made meanwhile) or, before the first, the operator's default (scheduling.goodput.restartSeconds).",
+    )
+    restarts_measured: int | None = Field(None, ge=0, description="Resizes restartSeconds was learned from (0: the default).")
 
 
 class TrainingJobStatus(ApiModel):
@@ -714,6 +733,7 @@ class TrainingJobStatus(ApiModel):
     completion_time: datetime | None = Field(None, description="When the job Succeeded or Failed.")
     throughput: Throughput | None = Field(None, description="Latest throughput, read from the trainer's metrics.")
     last_scaling: ScalingEvent | None = Field(None, description="The last scaling decision.")
+    allocation: AllocationStatus | None = Field(None, description="The goodput allocator's view of the job, when it manages it.")
     rendezvous_id: str | None = Field(None, description="The torchrun rendezvous id of this job.")
     selector: str | None = Field(None, description="Label selector of the worker pods (for the scale subresource).")
 

@@ -39,6 +39,8 @@ class Throughput:
     observed: datetime | None = None
     # The training loss at ``step`` (the trainer's all-rank mean): a sweep's objective, read by step.
     loss: float | None = None
+    # B_noise in samples (the same on every pod of a job; unknown at world size 1): the goodput allocator's efficiency input.
+    gradient_noise_scale: float | None = None
 
     def status(self) -> dict:
         out = {"observedTime": (self.observed or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")}
@@ -50,6 +52,8 @@ class Throughput:
             out["step"] = int(self.step)
         if self.loss is not None and math.isfinite(self.loss):
             out["loss"] = round(self.loss, 5)
+        if self.gradient_noise_scale is not None and math.isfinite(self.gradient_noise_scale):
+            out["gradientNoiseScale"] = round(max(self.gradient_noise_scale, 0.0), 3)
         return out
 
 
@@ -74,9 +78,11 @@ class PrometheusSource:
         samples = self._query(promql.samples_per_second())
         steps = self._query(promql.step())
         losses = self._query(promql.loss())
+        noise = self._query(promql.gradient_noise_scale())
         now = datetime.now(timezone.utc)
         return {
-            key: Throughput(tokens.get(key), samples.get(key), int(steps[key]) if key in steps else None, now, losses.get(key))
+            key: Throughput(tokens.get(key), samples.get(key), int(steps[key]) if key in steps else None, now, losses.get(key),
+                            noise.get(key))
             for key in set(tokens) | set(samples) | set(steps)
         }
 
@@ -86,6 +92,7 @@ def aggregate_expositions(texts: list[str]) -> Throughput:
     tokens = samples = 0.0
     step: float | None = None
     losses: list[float] = []
+    noise: float | None = None
     seen = False
     for text in texts:
         for family in text_string_to_metric_families(text):
@@ -99,11 +106,14 @@ def aggregate_expositions(texts: list[str]) -> Throughput:
                     step = s.value if step is None else max(step, s.value)
                 elif s.name == "kubetrain_trainer_loss":
                     losses.append(s.value)
+                elif s.name == "kubetrain_trainer_gradient_noise_scale":
+                    # Every pod exports the job's one estimate: the maximum is promql.gradient_noise_scale()'s aggregation.
+                    noise = s.value if noise is None else max(noise, s.value)
     if not seen and step is None:
         return Throughput()
     # Every pod exports the same all-rank loss; the mean is promql.loss()'s aggregation.
     loss = sum(losses) / len(losses) if losses else None
-    return Throughput(tokens, samples, int(step) if step is not None else None, datetime.now(timezone.utc), loss)
+    return Throughput(tokens, samples, int(step) if step is not None else None, datetime.now(timezone.utc), loss, noise)
 
 
 class PodScrapeSource:
