@@ -38,7 +38,7 @@ APT_CHECK := promtool containerd runc /usr/lib/cni/bridge buildah debootstrap ip
 tools: $(STAMP) ## Build the control plane, KWOK, helm and the real node (kubelet, kube-proxy, CoreDNS, pause) from the Go module proxy (cached in ~/.cache/kubetrain); install Debian's packages
 	( for c in $(APT_CHECK); do command -v $$c >/dev/null || [ -x $$c ] || exit 1; done ) \
 	  || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); }
-	$(PY) -m kubetrain.devcluster build
+	$(PY) -m kubetrain_dev.devcluster build
 
 .PHONY: crds generate
 crds generate: $(STAMP) ## Regenerate the CRD (crds/, chart), docs/api-reference.md, the dashboard and the rules
@@ -58,20 +58,20 @@ demo: $(STAMP) ## Train the built-in GPT locally: examples/minimal.yaml on two C
 
 .PHONY: cluster
 cluster: tools ## Start a local control plane with 4 simulated 8-GPU nodes and one real CPU node (prints the KUBECONFIG line)
-	$(PY) -m kubetrain.devcluster up --real-node
+	$(PY) -m kubetrain_dev.devcluster up --real-node
 
 .PHONY: cluster-down
 cluster-down: $(STAMP) ## Stop the local control plane and the real node; restore the host (bridge, iptables, sysctls)
-	$(PY) -m kubetrain.devcluster down
+	$(PY) -m kubetrain_dev.devcluster down
 
 .PHONY: images
 images: tools ## Build the trainer and operator images over a local Debian base (buildah, no registry); load them into the real node
-	$(PY) -m kubetrain.devcluster images
+	$(PY) -m kubetrain_dev.devcluster images
 
 .PHONY: deploy
 deploy: $(STAMP) ## Install the chart with the images of `make images` into KUBECONFIG (default: the make cluster one)
 	export KUBECONFIG="$${KUBECONFIG:-$(KUBECONFIG_DEV)}"; \
-	$(PY) -m kubetrain.devcluster deploy $(DEPLOY_ARGS)
+	$(PY) -m kubetrain_dev.devcluster deploy $(DEPLOY_ARGS)
 
 .PHONY: run
 run: $(STAMP) ## Run the operator from source against KUBECONFIG (default: the make cluster one); installs the CRD if missing
@@ -81,7 +81,7 @@ run: $(STAMP) ## Run the operator from source against KUBECONFIG (default: the m
 
 .PHONY: chart-lint
 chart-lint: $(STAMP) ## Lint the Helm chart and the Dockerfiles offline (helm lint, values schema, kubeconform, hadolint)
-	$(PY) -m kubetrain.devcluster build helm kubeconform
+	$(PY) -m kubetrain_dev.devcluster build helm kubeconform
 	$(PY) -m pytest tests/unit/test_chart_offline.py tests/unit/test_dockerfiles.py $(PYTEST_ARGS)
 
 .PHONY: chart-docs

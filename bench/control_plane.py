@@ -2,7 +2,7 @@
 
 Every run starts a fresh local control plane (kube-apiserver, etcd,
 kube-scheduler, kube-controller-manager built from source; KWOK playing 8-GPU
-nodes; ``kubetrain.devcluster``), starts ONE operator as a subprocess, submits
+nodes; ``kubetrain_dev.devcluster``), starts ONE operator as a subprocess, submits
 N jobs at once from a thread pool, and watches the pods:
 
 * **start latency** per job: from its create call to all of its pods
@@ -87,7 +87,7 @@ AUDIT_POLICY = {
 
 
 def kubetrain_job(name: str) -> dict:
-    from kubetrain.devcluster import gpu_pool
+    from kubetrain_dev.devcluster import gpu_pool
 
     return {
         "apiVersion": "kubetrain.dev/v1alpha1",
@@ -103,7 +103,7 @@ def kubetrain_job(name: str) -> dict:
 
 
 def pytorch_job(name: str) -> dict:
-    from kubetrain.devcluster import gpu_pool
+    from kubetrain_dev.devcluster import gpu_pool
 
     def replica() -> dict:
         return {
@@ -318,7 +318,7 @@ class Operator:
             argv = [sys.executable, "-m", "kubetrain.operator", "--liveness", f"http://127.0.0.1:{port}/healthz"]
             ready = f"http://127.0.0.1:{port}/healthz"
         else:
-            from kubetrain.devcluster import build
+            from kubetrain_dev.devcluster import build
 
             probe, metrics, webhook = free_port(), free_port(), free_port()
             env.update(MY_POD_NAMESPACE=TO_NAMESPACE)
@@ -542,8 +542,8 @@ def nodes_for(jobs: int) -> int:
 def one_run(kind: str, jobs: int, rep: int, p: dict, work: Path) -> dict:
     from kubernetes import client
 
-    from kubetrain.devcluster import build, gpu_pool
-    from kubetrain.devcluster.cluster import LocalCluster, Settings
+    from kubetrain_dev.devcluster import build, gpu_pool
+    from kubetrain_dev.devcluster.cluster import LocalCluster, Settings
 
     state = work / f"{kind}-{jobs}-{rep}"
     state.mkdir(parents=True, exist_ok=True)
@@ -686,7 +686,7 @@ def one_run(kind: str, jobs: int, rep: int, p: dict, work: Path) -> dict:
 
 
 def training_operator_available(run: Run) -> bool:
-    from kubetrain.devcluster import build
+    from kubetrain_dev.devcluster import build
 
     comp = build.COMPONENTS["training-operator"]
     failures = build.ensure(["training-operator"])
@@ -723,7 +723,7 @@ def main(argv: list[str] | None = None) -> Path:
     p["training_operator_flags"] = "defaults (--kube-api-qps 20, --kube-api-burst 30, --controller-threads 1)"
     run = Run(NAME, quick=args.quick, params=p, question=QUESTION)
 
-    from kubetrain.devcluster import build, versions
+    from kubetrain_dev.devcluster import build, versions
 
     run.doc["versions"]["kubernetes_control_plane"] = versions.KUBERNETES
     run.doc["versions"]["kwok"] = versions.KWOK

@@ -96,7 +96,7 @@ def device_plan() -> str:
 
 def run_profile(profile: str, p: dict, work: Path) -> list[dict]:
     from kubetrain.contract import TrainerContract
-    from kubetrain.torchrun import RendezvousTimeouts
+    from kubetrain.contract.torchrun import RendezvousTimeouts
     from kubetrain_trainer.local import LOCAL_TIMEOUTS, LocalJob
 
     gpus = _gpus()
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> Path:
     p = dict(QUICK if args.quick else FULL)
     if args.cycles:
         p["cycles"] = args.cycles
-    from kubetrain.torchrun import RendezvousTimeouts
+    from kubetrain.contract.torchrun import RendezvousTimeouts
     from kubetrain_trainer.local import LOCAL_TIMEOUTS
 
     p["rendezvous"] = {"local": LOCAL_TIMEOUTS.conf(), "operator-defaults": RendezvousTimeouts().conf()}

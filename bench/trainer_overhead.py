@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from bench.common import REPO, Run, fmt, fmt_spread, md_table, summary
+from kubetrain.contract.ports import free_port
 
 NAME = "trainer_overhead"
 QUESTION = "What does kubetrain's trainer add to my step time, against a plain torchrun DDP script training the same model?"
@@ -51,14 +52,6 @@ def _nproc() -> tuple[int, str]:
     except ImportError:
         pass
     return 2, "cpu"
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _torchrun(nproc: int) -> list[str]:
@@ -85,7 +78,7 @@ def run_side(side: str, p: dict, nproc: int, workdir: Path, index: int) -> dict:
             workload_args=f"layers={p['layers']},d_model={p['d_model']},heads={p['heads']},corpus_chars={p['corpus_chars']}",
             max_steps=p["steps"], batch_size=p["batch"], sequence_length=p["seq"], learning_rate=3e-4, seed=0,
             precision="fp32", strategy="ddp", compression="none", checkpoint_dir="", metrics_enabled=True,
-            metrics_port=_free_port(), termination_message_path=str(workdir / "termination-log"),
+            metrics_port=free_port(), termination_message_path=str(workdir / "termination-log"),
         )
         env.update(contract.to_env())
         env["BENCH_STAMPS"] = str(stamps)

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from kubetrain.devcluster import build, gpu_pool, hostnet, real_node
-from kubetrain.devcluster.cluster import LocalCluster
-from kubetrain.devcluster.wait import wait_for
+from kubetrain_dev.devcluster import build, gpu_pool, hostnet, real_node
+from kubetrain_dev.devcluster.cluster import LocalCluster
+from kubetrain_dev.wait import wait_for
 
 HERE = Path(__file__).parent
 CLUSTER_COMPONENTS = ["kubernetes", "etcd", "kwok"]

@@ -12,7 +12,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from kubetrain.api.models import GROUP, PLURAL, VERSION
-from kubetrain.devcluster.wait import wait_for
+from kubetrain_dev.wait import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_NAME = f"{PLURAL}.{GROUP}"

@@ -21,7 +21,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from crd_helpers import Jobs, kubectl, wait_gone
-from kubetrain.devcluster.wait import wait_for
+from kubetrain_dev.wait import wait_for
 from support.chart import CHART, helm, set_args, template
 from support.variants import load_yaml
 from test_operator import Operator

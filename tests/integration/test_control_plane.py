@@ -17,9 +17,9 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from kubetrain.devcluster import gpu_pool, processes, versions
-from kubetrain.devcluster.cluster import LocalCluster
-from kubetrain.devcluster.wait import wait_for
+from kubetrain_dev.devcluster import gpu_pool, processes, versions
+from kubetrain_dev.devcluster.cluster import LocalCluster
+from kubetrain_dev.wait import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 KUBECTL = "/usr/bin/kubectl"
@@ -210,7 +210,7 @@ def test_kubectl_reaches_the_cluster_through_kubeconfig(cluster) -> None:
 def _devcluster(args: list[str], state_dir: Path, timeout: float) -> subprocess.CompletedProcess:
     env = {**os.environ, "KUBETRAIN_CLUSTER_DIR": str(state_dir),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "operator"), os.environ.get("PYTHONPATH")]))}
-    return subprocess.run([sys.executable, "-m", "kubetrain.devcluster", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "kubetrain_dev.devcluster", *args], capture_output=True, text=True,
                           timeout=timeout, env=env)
 
 
@@ -245,7 +245,7 @@ def test_cli_up_status_down_leaves_no_process_and_no_port(tmp_path) -> None:
 _STARTER = """
 import sys, time
 from pathlib import Path
-from kubetrain.devcluster.cluster import LocalCluster
+from kubetrain_dev.devcluster.cluster import LocalCluster
 LocalCluster(Path(sys.argv[1])).start()
 print("started", flush=True)
 time.sleep(600)

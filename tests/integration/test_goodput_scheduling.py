@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 import pytest
 
 from crd_helpers import Jobs, wait_gone
-from kubetrain.devcluster import gpu_pool
+from kubetrain_dev.devcluster import gpu_pool
 from test_operator import Operator, gpu_job, ready_workers, running_operator
 
 INTERVAL = 4.0  # seconds between allocator rounds in this test (60 by default)

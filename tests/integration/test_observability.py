@@ -23,8 +23,8 @@ import yaml
 
 from crd_helpers import Jobs, install_crd, kubectl
 from kubetrain.contract import TrainerContract
-from kubetrain.devcluster import gpu_pool
-from kubetrain.devcluster.wait import wait_for
+from kubetrain_dev.devcluster import gpu_pool
+from kubetrain_dev.wait import wait_for
 from kubetrain.observability import dashboard
 from kubetrain.observability.rules import rule_groups
 from test_operator import Operator, free_port

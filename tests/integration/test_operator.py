@@ -20,9 +20,9 @@ import pytest
 from kubernetes import client
 
 from crd_helpers import Jobs, install_crd, kubectl, wait_gone
-from kubetrain.devcluster import gpu_pool
-from kubetrain.devcluster.processes import free_port
-from kubetrain.devcluster.wait import wait_for
+from kubetrain_dev.devcluster import gpu_pool
+from kubetrain_dev.devcluster.processes import free_port
+from kubetrain_dev.wait import wait_for
 from support.variants import REPO, load_all, load_yaml
 
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from crd_helpers import Jobs, wait_gone
-from kubetrain.devcluster import gpu_pool
+from kubetrain_dev.devcluster import gpu_pool
 from test_operator import Operator, gpu_job, ready_workers, running_operator
 
 

@@ -14,8 +14,8 @@ import time
 import pytest
 from kubernetes import client
 
-from kubetrain.devcluster import images, real_node
-from kubetrain.devcluster.wait import wait_for
+from kubetrain_dev.devcluster import images, real_node
+from kubetrain_dev.wait import wait_for
 
 pytestmark = pytest.mark.real_node
 LOSS = re.compile(r"step \d+/\d+ loss ([0-9.]+)")

@@ -10,8 +10,8 @@ import pytest
 from kubernetes import client
 
 from crd_helpers import Jobs, kubectl
-from kubetrain.devcluster import real_node
-from kubetrain.devcluster.wait import wait_for
+from kubetrain_dev.devcluster import real_node
+from kubetrain_dev.wait import wait_for
 from support.variants import REPO, load_all, load_yaml
 from test_real_node import deployed  # noqa: F401  (the chart, installed with the images built here)
 

@@ -12,8 +12,8 @@ import pytest
 from kubernetes import client
 
 from crd_helpers import Jobs, install_crd, wait_gone, wait_status
-from kubetrain.devcluster import gpu_pool
-from kubetrain.devcluster.wait import wait_for
+from kubetrain_dev.devcluster import gpu_pool
+from kubetrain_dev.wait import wait_for
 from kubetrain.operator import naming
 from test_operator import Operator
 

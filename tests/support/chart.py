@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 import yaml
 
-from kubetrain.devcluster import build
+from kubetrain_dev.devcluster import build
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "kubetrain"
-KUBE_VERSION = "1.36.3"  # the local control plane's (kubetrain.devcluster.versions.KUBERNETES)
+KUBE_VERSION = "1.36.3"  # the local control plane's (kubetrain_dev.devcluster.versions.KUBERNETES)
 # Kinds of CRDs that are not Kubernetes' own: kubeconform has no schema for them.
 CUSTOM_KINDS = ("KopfPeering", "ClusterKopfPeering", "PodMonitor", "PrometheusRule")
 

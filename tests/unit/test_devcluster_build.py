@@ -1,6 +1,6 @@
 """The wrapper go.mod that builds k8s.io/kubernetes and etcd with their sibling modules pinned."""
 
-from kubetrain.devcluster.build import wrapper_gomod
+from kubetrain_dev.devcluster.build import wrapper_gomod
 
 ETCD_GOMOD = """module go.etcd.io/etcd/server/v3
 

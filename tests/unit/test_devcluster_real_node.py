@@ -8,7 +8,7 @@ import tarfile
 import tomllib
 import yaml
 
-from kubetrain.devcluster import build, images, real_node
+from kubetrain_dev.devcluster import build, images, real_node
 
 
 def render_all(tmp_path):
@@ -54,7 +54,7 @@ def test_control_plane_settings_for_the_node():
 
 def test_dockerfile_inputs_are_its_copy_sources():
     trainer = {str(p.relative_to(images.REPO)) for p in images.APP_IMAGES["trainer"].inputs()}
-    assert {"trainer-image/Dockerfile", "trainer-image/kubetrain_trainer", "operator/kubetrain/contract.py"} <= trainer
+    assert {"trainer-image/Dockerfile", "trainer-image/kubetrain_trainer", "operator/kubetrain/contract"} <= trainer
     operator = {str(p.relative_to(images.REPO)) for p in images.APP_IMAGES["operator"].inputs()}
     assert {"operator/Dockerfile", "pyproject.toml", "operator/kubetrain"} <= operator
 

@@ -10,7 +10,7 @@ import sys
 from datetime import timedelta
 
 from kubetrain.api.manifests import load_trainingjobs
-from kubetrain.devcluster.processes import free_port
+from kubetrain_dev.devcluster.processes import free_port
 from kubetrain.operator import builders, naming
 from kubetrain.operator.builders import BuildConfig
 from support.variants import REPO

@@ -10,7 +10,7 @@ import urllib.request
 import kopf
 import pytest
 
-from kubetrain.devcluster.processes import free_port
+from kubetrain_dev.devcluster.processes import free_port
 from kubetrain.operator import handlers
 from kubetrain.operator.runtime import JobMemo, OperatorRuntime
 from kubetrain.operator.settings import OperatorConfig, reconcile_interval_from_env

@@ -1,8 +1,8 @@
 """Run a job on this machine the way the operator runs it on a cluster. Torch-free.
 
-One rendezvous-store process (:mod:`kubetrain.rdzv_store`) plus N torchrun agents, each
+One rendezvous-store process (:mod:`kubetrain.contract.store`) plus N torchrun agents, each
 a subprocess started with the same flags the operator gives its pods
-(:func:`kubetrain.torchrun.torchrun_args`), ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``
+(:func:`kubetrain.contract.torchrun.torchrun_args`), ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``
 and its own metrics port — so killing any agent is survivable, exactly as
 losing any pod is.
 
@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import TextIO
 
 from kubetrain.contract import TrainerContract
-from kubetrain.torchrun import ELASTIC_ENV, RendezvousTimeouts, torchrun_args
+from kubetrain.contract.ports import free_port
+from kubetrain.contract.torchrun import ELASTIC_ENV, RendezvousTimeouts, torchrun_args
 
 from kubetrain_trainer.checkpoint_layout import latest_checkpoint
 from kubetrain_trainer.parent_death import LAUNCH_MARK, die_with
@@ -100,12 +101,6 @@ def build_torchrun_args(
         shutdown_timeout=shutdown_timeout,
     )
     return [python, *args[1:]]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _port_open(port: int) -> bool:
@@ -215,7 +210,7 @@ class LocalJob:
         env.update(self.mark)
         # Own sessions: a terminal's Ctrl-C reaches only the launcher, which stops the job in order.
         self.store = subprocess.Popen(
-            [self.python, "-m", "kubetrain.rdzv_store", "--port", str(self.rdzv_port)],
+            [self.python, "-m", "kubetrain.contract.store", "--port", str(self.rdzv_port)],
             stdout=store_log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
             preexec_fn=die_with(os.getpid()),
         )

@@ -6,12 +6,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kubetrain import rdzv_store
+from kubetrain.contract import store as rdzv_store
 from kubetrain.api.models import API_VERSION, KIND, TrainingJob
 from kubetrain.api.pod import OPERATOR_VOLUMES
 from kubetrain.contract import TERMINATION_MESSAGE_PATH
 from kubetrain.operator import naming
-from kubetrain.torchrun import BUILTIN_TRAINER, ELASTIC_ENV, STORE_PORT, RendezvousTimeouts, torchrun_args
+from kubetrain.contract.torchrun import BUILTIN_TRAINER, ELASTIC_ENV, STORE_PORT, RendezvousTimeouts, torchrun_args
 from kubetrain.trainer_env import CHECKPOINT_MOUNT, contract_for
 
 
@@ -26,7 +26,7 @@ class BuildConfig:
     store_memory: str = "512Mi"
 
 
-# The rendezvous store's program: only the standard library and torch (see kubetrain.rdzv_store).
+# The rendezvous store's program: only the standard library and torch (see kubetrain.contract.store).
 STORE_PROGRAM = Path(rdzv_store.__file__).read_text()
 
 RESTRICTED_CONTAINER_SECURITY = {

@@ -83,6 +83,9 @@ class TrainerContract:
     checkpoint_dir: str = ""
     checkpoint_interval_steps: int = 100
     checkpoint_keep: int = 2
+    # Another job's checkpoint directory to start from while checkpoint_dir holds none (a population-based-
+    # training trial continues a better trial's model with its own learning rate). Empty: none.
+    init_checkpoint_dir: str = ""
     # Collective timeout for the process group, seconds.
     process_group_timeout_seconds: int = 600
     # Metrics: one exporter per pod, served by local rank 0.

@@ -36,12 +36,12 @@ from pathlib import Path
 
 import yaml
 
-from kubetrain.devcluster import build, hostnet, images, pki, processes
-from kubetrain.devcluster.cluster import LocalCluster, Settings
-from kubetrain.devcluster.processes import Record
-from kubetrain.devcluster.wait import WaitTimeout, wait_for
+from kubetrain_dev.devcluster import build, hostnet, images, pki, processes
+from kubetrain_dev.devcluster.cluster import LocalCluster, Settings
+from kubetrain_dev.devcluster.processes import Record
+from kubetrain_dev.wait import WaitTimeout, wait_for
 
-log = logging.getLogger("kubetrain.devcluster.real_node")
+log = logging.getLogger("kubetrain_dev.devcluster.real_node")
 
 NODE_NAME = "kubetrain-node"
 BRIDGE = "cni0"
@@ -158,7 +158,7 @@ class RealNode:
         if HOST_RECORD.is_file():
             other = json.loads(HOST_RECORD.read_text()).get("state_dir")
             raise NodeError(f"a real node is already up on this machine (state {other}): "
-                            "`python -m kubetrain.devcluster down` first; one node per machine")
+                            "`python -m kubetrain_dev.devcluster down` first; one node per machine")
         started = time.monotonic()
         archives = images.node_images() + [images.base_image()] + images.built_app_images()
         try:
@@ -434,7 +434,7 @@ def _api_client(kubeconfig: Path):
 def _node_ready(api) -> bool:
     from kubernetes import client
 
-    from kubetrain.devcluster import gpu_pool
+    from kubetrain_dev.devcluster import gpu_pool
 
     try:
         node = client.CoreV1Api(api).read_node(NODE_NAME)

@@ -24,9 +24,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from kubetrain.devcluster import versions
+from kubetrain_dev.devcluster import versions
 
-log = logging.getLogger("kubetrain.devcluster.build")
+log = logging.getLogger("kubetrain_dev.devcluster.build")
 
 KUBE_COMMANDS = ("kube-apiserver", "kube-scheduler", "kube-controller-manager")
 

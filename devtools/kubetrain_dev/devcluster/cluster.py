@@ -21,9 +21,9 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kubetrain.devcluster import build, hostnet, pki, processes, stages
-from kubetrain.devcluster.processes import Record
-from kubetrain.devcluster.wait import WaitTimeout, wait_for
+from kubetrain_dev.devcluster import build, hostnet, pki, processes, stages
+from kubetrain_dev.devcluster.processes import Record
+from kubetrain_dev.wait import WaitTimeout, wait_for
 
 ANNOTATION_SELECTOR = "kwok.x-k8s.io/node=fake"
 # In start order.
@@ -112,7 +112,7 @@ def require_binaries() -> dict[str, Path]:
     if missing:
         raise ClusterError(
             "control plane binaries are not built: " + ", ".join(missing)
-            + " (run `python -m kubetrain.devcluster build`)"
+            + " (run `python -m kubetrain_dev.devcluster build`)"
         )
     return paths
 

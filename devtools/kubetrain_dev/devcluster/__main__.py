@@ -1,4 +1,4 @@
-"""``python -m kubetrain.devcluster {up,down,status,build}``: the dev cluster from a shell.
+"""``python -m kubetrain_dev.devcluster {up,down,status,build}``: the dev cluster from a shell.
 
 ``up`` leaves the components running after it exits (each in its own
 session); ``down`` stops them from the pids recorded in the state dir. The
@@ -15,10 +15,10 @@ import sys
 import time
 from pathlib import Path
 
-from kubetrain.devcluster import build, gpu_pool, images, real_node
-from kubetrain.devcluster.cluster import COMPONENTS, LocalCluster
+from kubetrain_dev.devcluster import build, gpu_pool, images, real_node
+from kubetrain_dev.devcluster.cluster import COMPONENTS, LocalCluster
 
-log = logging.getLogger("kubetrain.devcluster")
+log = logging.getLogger("kubetrain_dev.devcluster")
 
 # What `up` needs; helm and kubeconform are for chart tests, not the cluster.
 CLUSTER_COMPONENTS = ["kubernetes", "etcd", "kwok"]
@@ -76,7 +76,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             node.down()
         cluster.stop()
         return 1
-    log.info("logs: %s; stop with: python -m kubetrain.devcluster down", cluster.log_dir)
+    log.info("logs: %s; stop with: python -m kubetrain_dev.devcluster down", cluster.log_dir)
     _print_export(cluster)
     return 0
 
@@ -146,7 +146,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m kubetrain.devcluster", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m kubetrain_dev.devcluster", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="build if needed, start the cluster and the GPU pool, print the export line")
     up.add_argument("--nodes", type=int, default=gpu_pool.DEFAULT_NODES)

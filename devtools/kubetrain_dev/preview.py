@@ -1,6 +1,6 @@
 """Render the dashboard's panels from a real Prometheus into a PNG (for docs; Grafana itself cannot be built here).
 
-``python -m kubetrain.observability.preview --out docs/images/dashboard.png`` trains the built-in
+``python -m kubetrain_dev.preview --out docs/images/dashboard.png`` trains the built-in
 model locally on two agents, kills one halfway and lets it rejoin, while Debian's Prometheus
 scrapes the trainers; then it draws every panel whose data exists with the panel's own query.
 Needs matplotlib (not a kubetrain dependency: ``pip install matplotlib``).
@@ -12,7 +12,6 @@ import argparse
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -23,16 +22,11 @@ from pathlib import Path
 import yaml
 
 from kubetrain.contract import TrainerContract
+from kubetrain.contract.ports import free_port
 from kubetrain.observability import dashboard
 from kubetrain.observability.rules import rule_groups
 
 JOB, NS = "gpt-preview", "demo"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(url: str) -> dict:
@@ -41,7 +35,7 @@ def _get(url: str) -> dict:
 
 
 def _start_prometheus(work: Path, targets: list[str]) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
+    port = free_port()
     (work / "rules.yaml").write_text(yaml.safe_dump(rule_groups()))
     config = {"global": {"scrape_interval": "2s", "evaluation_interval": "2s"}, "rule_files": [str(work / "rules.yaml")],
               "scrape_configs": [{"job_name": "kubetrain", "honor_labels": True, "static_configs": [{"targets": targets}]}]}
@@ -62,7 +56,7 @@ def _start_prometheus(work: Path, targets: list[str]) -> tuple[subprocess.Popen,
 def _local_job(work: Path):
     from kubetrain_trainer.local import LocalJob
 
-    base = _free_port()
+    base = free_port()
     contract = TrainerContract(job_name=JOB, namespace=NS, max_steps=10**6, checkpoint_dir=str(work / "ckpt"),
                                checkpoint_interval_steps=25, metrics_port=base)
     job = LocalJob(contract, replicas=2, nproc_per_node=1, min_replicas=1, max_replicas=2, max_restarts=5, workdir=work / "run")

@@ -30,9 +30,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from kubetrain.devcluster import build, versions
+from kubetrain_dev.devcluster import build, versions
 
-log = logging.getLogger("kubetrain.devcluster.images")
+log = logging.getLogger("kubetrain_dev.devcluster.images")
 
 REPO = Path(__file__).resolve().parents[3]
 BASE_IMAGE = f"localhost/kubetrain-base:{versions.DEBIAN_SUITE}"
@@ -111,7 +111,7 @@ def write_docker_archive(out: Path, image: str, layer_tar: Path, *, entrypoint: 
         "config": {"Env": env or ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
                    "Entrypoint": entrypoint, "Cmd": cmd},
         "rootfs": {"type": "layers", "diff_ids": [f"sha256:{diff_id}"]},
-        "history": [{"created_by": "kubetrain.devcluster.images"}],
+        "history": [{"created_by": "kubetrain_dev.devcluster.images"}],
     }
     config_bytes = json.dumps(config, sort_keys=True).encode()
     config_name = hashlib.sha256(config_bytes).hexdigest() + ".json"

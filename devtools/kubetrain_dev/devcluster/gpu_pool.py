@@ -14,7 +14,7 @@ import re
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from kubetrain.devcluster.wait import wait_for
+from kubetrain_dev.wait import wait_for
 
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRODUCT = "NVIDIA-H100-80GB-HBM3"
@@ -26,7 +26,7 @@ DEFAULT_GPUS = 8
 KWOK_NODE_KEY = "kwok.x-k8s.io/node"
 KWOK_NODE_VALUE = "fake"
 
-# Set by tests; read by our KWOK stages (kubetrain/devcluster/stages).
+# Set by tests; read by our KWOK stages (kubetrain_dev/devcluster/stages).
 NOT_READY_ANNOTATION = "kwok.kubetrain.dev/not-ready"
 EXIT_CODE_ANNOTATION = "kwok.kubetrain.dev/exit-code"
 TERMINATION_MESSAGE_ANNOTATION = "kwok.kubetrain.dev/termination-message"

@@ -1,17 +1,17 @@
-"""Loopback ports for the control plane's components: free, and never from the ephemeral range."""
+"""Loopback ports (the control plane, the local launcher, tests, benchmarks): free, and never from the ephemeral range."""
 
 from __future__ import annotations
 
 import socket
 
-from kubetrain.devcluster import processes
+from kubetrain.contract import ports
 
 
 def test_free_ports_avoid_the_ephemeral_range_and_can_be_listened_on():
-    low, high = processes._ephemeral_range()
-    ports = {processes.free_port() for _ in range(20)}
-    assert len(ports) > 1
-    for port in ports:
+    low, high = ports._ephemeral_range()
+    picked = {ports.free_port() for _ in range(20)}
+    assert len(picked) > 1
+    for port in picked:
         # An outgoing connection's local port comes from [low, high]: a listener port there can be taken first.
         assert not low <= port <= high, port
         with socket.socket() as sock:
@@ -25,5 +25,5 @@ def test_a_port_someone_listens_on_is_never_handed_out(monkeypatch):
         taken.listen()
         busy = taken.getsockname()[1]
         picks = iter([busy, busy, busy + 1 if busy < 65535 else busy - 1])
-        monkeypatch.setattr(processes.random.SystemRandom, "choice", lambda self, pool: next(picks))
-        assert processes.free_port() != busy
+        monkeypatch.setattr(ports.random.SystemRandom, "choice", lambda self, pool: next(picks))
+        assert ports.free_port() != busy

@@ -15,7 +15,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-log = logging.getLogger("kubetrain.devcluster.hostnet")
+log = logging.getLogger("kubetrain_dev.devcluster.hostnet")
 
 GUARD_IN = "KUBETRAIN-GUARD-IN"
 GUARD_FWD = "KUBETRAIN-GUARD-FWD"
