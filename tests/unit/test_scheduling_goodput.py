@@ -145,7 +145,20 @@ def test_goodput_caps_the_global_batch_and_accumulates_above_memory():
     assert m.batch(8) == (256, 32, 1)
 
 
+def test_a_resize_costs_the_wall_time_since_it_began_less_the_steps_made_meanwhile():
+    # Read at t=100 at step 1000, 0.5 s a step; resized at t=110 (it would have been at step 1020);
+    # read at t=150 at the new size, 0.25 s a step, at step 1100: 80 steps in 40 s took 20 s, 20 s were lost.
+    assert restart_cost.lost_seconds(110.0, (100.0, 1000, 0.5), (150.0, 1100, 0.25)) == 20.0
+    # Resumed from a checkpoint 20 steps back (step 1000 -> the 1020 expected is replayed): those steps are lost too.
+    assert restart_cost.lost_seconds(110.0, (100.0, 1000, 0.5), (150.0, 1060, 0.25)) == 30.0
+    # When the reading after it was taken does not matter: the steps made while nobody looked are subtracted.
+    assert restart_cost.lost_seconds(110.0, (100.0, 1000, 0.5), (190.0, 1260, 0.25)) == 20.0
+    # Readings that do not bracket the resize say nothing; a job faster than expected lost nothing, never less.
+    assert restart_cost.lost_seconds(110.0, (120.0, 1000, 0.5), (150.0, 1100, 0.25)) is None
+    assert restart_cost.lost_seconds(110.0, (100.0, 1000, 0.5), (110.0, 1100, 0.25)) is None
+    assert restart_cost.lost_seconds(110.0, (100.0, 1000, 0.5), (150.0, 1200, 0.25)) == 0.0
+
+
 def test_restart_cost_is_learned_from_what_resizes_cost():
-    assert restart_cost.observed_restart_seconds(20.0, steps_replayed=10, step_seconds=0.5) == 25.0
     assert restart_cost.update(None, 40.0) == 40.0
     assert restart_cost.update(40.0, 20.0) == 30.0

@@ -50,10 +50,14 @@ def test_the_chart_env_reaches_the_operator_config():
 
 # --- the observation feed ---
 
-def _status(ready, rate, observed=NOW, phase="Running", resized=None, unit="samplesPerSecond"):
+def _status(ready, rate, observed=NOW, phase="Running", resized=None, unit="samplesPerSecond", step=None, noise=None):
     s = {"phase": phase, "readyReplicas": ready, "throughput": {unit: rate, "observedTime": _iso(observed)}}
     if resized is not None:
         s["lastScaling"] = {"time": _iso(resized)}
+    if step is not None:
+        s["throughput"]["step"] = step
+    if noise is not None:
+        s["throughput"]["gradientNoiseScale"] = noise
     return s
 
 
@@ -264,3 +268,115 @@ def test_the_same_decision_posts_its_event_once_and_a_job_without_a_target_grows
     assert not [e for e in again.events if e[1] == "GoodputAllocation"]
     free = plan(_job(), _body(2), Observed(pods=pods, now=NOW, placeable=8))
     assert free.status["desiredReplicas"] == 6 and not [c for c in free.status["conditions"] if c["type"] == "Allocated"]
+
+
+# --- statistical efficiency from the reported gradient noise scale ---
+
+def _two_jobs_at_4_that_scale_alike(noise_a=None, noise_b=None):
+    """a and b report the same linear throughput at 1 and 4 replicas (and, optionally, a noise scale); they fill the pool."""
+    alloc, _, clock = _allocator()
+    for i, r in enumerate((1, 4)):
+        t = NOW + timedelta(seconds=10 + i)
+        for name, arrival, noise in (("a", 1, noise_a), ("b", 2, noise_b)):
+            alloc.report(("ns", name), _facts(replicas=r, arrival=arrival),
+                         _status(r, 100.0 * r, observed=t, noise=noise), (r + 1) // 2)
+    clock["t"] += 600
+    alloc.run_round()
+    return alloc.target(("ns", "a")).replicas, alloc.target(("ns", "b")).replicas
+
+
+def test_a_reported_noise_scale_moves_gpus_to_the_job_whose_samples_keep_their_worth():
+    # Throughput alone: the two are the same job, so they keep an even split.
+    assert _two_jobs_at_4_that_scale_alike() == (4, 4)
+    # a's gradients are noisy (B = 10,000 samples: a global batch of 48 is far below it, every sample counts);
+    # b's are not (B = 4: beyond a batch of 8 a sample is worth little): b's GPUs go to a.
+    a, b = _two_jobs_at_4_that_scale_alike(noise_a=10_000.0, noise_b=4.0)
+    assert a > 4 > b >= 1 and a + b == 8
+
+
+def test_a_job_that_reports_no_noise_scale_is_weighed_by_throughput_alone():
+    h = _history(lambda r: 100.0 * r, [1, 3])
+    plain = h.table(6, 8, 2)
+    h.noise_scale = 4.0
+    weighed = h.table(6, 8, 2)
+    assert weighed[1] == plain[1] and weighed[6] / weighed[1] < plain[6] / plain[1] / 2  # E(M) falls as r x 8 passes B = 4
+    # The noise scale stays when the job stops reporting it (world size 1 exports none): it belongs to the gradients.
+    alloc, _, _ = _allocator()
+    alloc.report(("ns", "a"), _facts(replicas=2), _status(2, 200.0, noise=50.0), 1)
+    alloc.report(("ns", "a"), _facts(replicas=1), _status(1, 100.0, observed=NOW + timedelta(seconds=30)), 1)
+    assert alloc._history[("ns", "a")].noise_scale == 50.0  # noqa: SLF001
+    # Before any throughput reading, the noise scale alone bends the linear prior.
+    fresh = History(noise_scale=4.0)
+    assert fresh.table(4, 8, 2)[4] < 4 * fresh.table(4, 8, 2)[1]
+
+
+# --- the restart cost, learned per job ---
+
+def _resized_job(alloc, key, lost, before_step=1000, arrival=1):
+    """A job read at 2 replicas (0.16 s a step), resized at +10 s to 4, read again at +60 s having lost ``lost`` seconds."""
+    t0 = NOW + timedelta(seconds=10)
+    alloc.report(key, _facts(replicas=2, arrival=arrival), _status(2, 100.0, step=before_step), 1)
+    step_after = 0.16  # 4 replicas x 8 samples at 200 samples/s
+    made = round((50.0 - lost) / step_after)
+    expected_at_resize = before_step + round(10.0 / 0.16)
+    alloc.report(key, _facts(replicas=4, arrival=arrival),
+                 _status(4, 200.0, observed=t0 + timedelta(seconds=50), resized=t0, step=expected_at_resize + made), 2)
+
+
+def test_what_a_resize_cost_is_measured_from_the_readings_around_it_and_becomes_the_jobs_penalty():
+    alloc, _, clock = _allocator()
+    _resized_job(alloc, ("ns", "slow"), lost=40.0)
+    h = alloc._history[("ns", "slow")]  # noqa: SLF001
+    assert h.restarts_measured == 1 and abs(h.restart_seconds - 40.0) < 0.2
+    # A job not resized yet is charged the operator's default.
+    alloc.report(("ns", "new"), _facts(replicas=1, arrival=2), {}, 1)
+    clock["t"] += 60
+    alloc.run_round()
+    slow, new = alloc.target(("ns", "slow")), alloc.target(("ns", "new"))
+    assert abs(slow.restart_seconds - 40.0) < 0.2 and slow.restarts_measured == 1
+    assert new.restart_seconds == 1.0 and new.restarts_measured == 0
+    # A second, cheaper resize moves the estimate half way (EMA), not all the way.
+    t1 = NOW + timedelta(seconds=120)
+    alloc.report(("ns", "slow"), _facts(replicas=2), _status(2, 100.0, observed=t1 + timedelta(seconds=40),
+                                                              resized=t1, step=10_000), 1)
+    assert h.restarts_measured == 2 and 0 < h.restart_seconds < 40.0
+
+
+def test_a_learned_restart_cost_holds_back_a_move_the_default_would_make():
+    def round_with(lost):
+        alloc, _, clock = _allocator()
+        alloc.report(("ns", "fixed"), _facts(hi=4, replicas=2, managed=False), {}, 1)  # fills the pool with a and b
+        # Both jobs at 3 (a scales, b does not), young: a resize is weighed against their age.
+        for name, arrival, curve in (("a", 1, lambda r: 100.0 * r), ("b", 2, lambda r: 100.0)):
+            alloc.report(("ns", name), JobFacts(True, 1, 6, 4, 3, arrival, 8, started=T0 - 120),
+                         _status(3, curve(3), step=100), 2)
+        if lost is not None:
+            for name in "ab":
+                alloc._history[("ns", name)].restart_seconds = lost  # noqa: SLF001 - as _resized_job would leave it
+                alloc._history[("ns", name)].restarts_measured = 1  # noqa: SLF001
+        for name, arrival, curve in (("a", 1, lambda r: 100.0 * r), ("b", 2, lambda r: 100.0)):
+            alloc.report(("ns", name), JobFacts(True, 1, 6, 4, 1, arrival, 8, started=T0 - 120),
+                         _status(1, curve(1), observed=NOW + timedelta(seconds=5), step=110), 1)
+        alloc._targets = {("ns", n): Target(3, "Kept", "") for n in "ab"}  # noqa: SLF001 - both hold 3
+        alloc.run_round()
+        return alloc.target(("ns", "a")).replicas, alloc.target(("ns", "b")).replicas
+
+    assert round_with(None) == (5, 1)  # the default (1 s) is cheap against a 2-minute-old job: move
+    assert round_with(100.0) == (3, 3)  # this job loses 100 s a resize: the move would not pay for it
+
+
+def test_an_operator_restart_keeps_the_learned_cost_from_the_jobs_status():
+    alloc, _, clock = _allocator()
+    status = {"allocation": {"replicas": 3, "restartSeconds": 42.0, "restartsMeasured": 2}}
+    alloc.report(("ns", "a"), _facts(replicas=3), status, 2)
+    clock["t"] += 60
+    alloc.run_round()
+    assert alloc.target(("ns", "a")).restart_seconds == 42.0 and alloc.target(("ns", "a")).restarts_measured == 2
+    # The planner shows it in status.allocation, and keeps the last operator's before this one's first round.
+    pods = [_pod(s) for s in range(3)] + [_store()]
+    p = plan(_job({"enabled": True}), _body(3), Observed(pods=pods, now=NOW, placeable=0, target=alloc.target(("ns", "a"))))
+    assert p.status["allocation"] == {"replicas": alloc.target(("ns", "a")).replicas, "restartSeconds": 42.0, "restartsMeasured": 2}
+    body = _body(3)
+    body["status"]["allocation"] = {"replicas": 3, "restartSeconds": 42.0, "restartsMeasured": 2}
+    kept = plan(_job({"enabled": True}), body, Observed(pods=pods, now=NOW, placeable=0, target=Target(3, "Kept", "until the first round")))
+    assert kept.status["allocation"] == {"replicas": 3, "restartSeconds": 42.0, "restartsMeasured": 2}

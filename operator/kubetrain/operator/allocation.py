@@ -12,7 +12,15 @@ Throughput model per job: each status.throughput reading at a stable size (phase
 after the last resize) is one step-time observation at (ready replicas, nodes spanned), kept as an
 EMA per size and refitted (``throughput_model.fit``) when a new one arrives. A job with none is
 predicted to scale linearly (the allocator's prior: let it try); a job seen at one size only keeps
-the optimistic sync prior. No noise scale is reported yet, so goodput is throughput only.
+the optimistic sync prior. Goodput is that throughput times the statistical efficiency implied by
+the job's latest gradient noise scale (status.throughput.gradientNoiseScale, from the trainer's
+kubetrain_trainer_gradient_noise_scale); a job that has never reported one is weighed by
+throughput alone.
+
+Restart cost per job: the first stable reading after a resize, against the last one before it,
+says how much progress the resize cost (``restart_cost.lost_seconds``); the EMA of those is the
+job's restart penalty in the allocator, shown in status.allocation.restartSeconds (and read back
+from there after an operator restart). A job not resized yet is charged the operator's default.
 
 State lives on this object, which the ``OperatorRuntime`` owns: no module globals.
 """
@@ -23,14 +31,16 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from kubetrain.api.models import TrainingJob
 from kubetrain.operator.metrics import OperatorMetrics
 from kubetrain.operator.planner import Target
+from kubetrain.scheduling import restart_cost
 from kubetrain.scheduling.allocator import Allocation, AllocatorConfig, JobInput, allocate
+from kubetrain.scheduling.efficiency import efficiency
 from kubetrain.scheduling.goodput import GoodputModel
 from kubetrain.scheduling.throughput_model import StepObservation, StepTimeParams, fit
 
@@ -87,6 +97,9 @@ class Reading:
     step_time: float
     unit: str  # "samples" or "tokens": a job's model is fitted in one unit
     stamp: str  # observedTime: the same reading is counted once
+    time: float = 0.0  # observedTime, epoch seconds
+    step: int | None = None  # the trainer's step counter when read
+    resized: float | None = None  # status.lastScaling.time: the resize this size came from
 
 
 def reading(status: dict[str, Any], local_batch: float, nodes: int) -> Reading | None:
@@ -106,11 +119,19 @@ def reading(status: dict[str, Any], local_batch: float, nodes: int) -> Reading |
     observed = parse_time(stamp)
     if resized is not None and (observed is None or observed <= resized):
         return None
+    step = tp.get("step")
     for unit, key in (("samples", "samplesPerSecond"), ("tokens", "tokensPerSecond")):
         rate = tp.get(key)
         if rate:
-            return Reading(replicas, max(nodes, 1), replicas * local_batch / float(rate), unit, stamp)
+            return Reading(replicas, max(nodes, 1), replicas * local_batch / float(rate), unit, stamp,
+                           observed or 0.0, int(step) if step is not None else None, resized)
     return None
+
+
+def noise_scale(status: dict[str, Any]) -> float | None:
+    """The job's latest gradient noise scale from its status (samples), or None when it reports none."""
+    value = (status.get("throughput") or {}).get("gradientNoiseScale")
+    return float(value) if isinstance(value, (int, float)) and value >= 0 else None
 
 
 @dataclass
@@ -122,14 +143,22 @@ class History:
     last_stamp: str | None = None
     params: StepTimeParams | None = None
     fitted: dict[tuple[int, int], float] = field(default_factory=dict)  # the points ``params`` was fitted on
+    # The latest gradient noise scale the job reported (kept when it stops reporting, e.g. at world size 1:
+    # it is a property of the gradients, not of the size); None: never reported, throughput only.
+    noise_scale: float | None = None
+    last: Reading | None = None  # the latest reading: the "before" of the next resize's cost
+    restart_seconds: float | None = None  # learned cost of one resize; None: not measured yet
+    restarts_measured: int = 0
 
     def add(self, r: Reading) -> bool:
         """Fold a reading in; False when it was seen already."""
         if r.stamp == self.last_stamp:
             return False
         if r.unit != self.unit:  # the trainer changed what it reports: start over in the new unit
-            self.points, self.unit = {}, r.unit
+            self.points, self.unit, self.last = {}, r.unit, None
         self.last_stamp = r.stamp
+        self._measure_restart(r)
+        self.last = r
         key = (r.replicas, r.nodes)
         old = self.points.get(key)
         new = self.points[key] = r.step_time if old is None else (1 - EMA_WEIGHT) * old + EMA_WEIGHT * r.step_time
@@ -138,16 +167,41 @@ class History:
             self.params = None
         return True
 
+    def _measure_restart(self, r: Reading) -> None:
+        """The first reading after a resize, against the last one before it: what the resize cost."""
+        before = self.last
+        if (before is None or r.resized is None or before.step is None or r.step is None
+                or not before.time <= r.resized < r.time):
+            return
+        lost = restart_cost.lost_seconds(r.resized, (before.time, before.step, before.step_time),
+                                         (r.time, r.step, r.step_time))
+        if lost is not None:
+            self.restart_seconds = restart_cost.update(self.restart_seconds, lost)
+            self.restarts_measured += 1
+
     def table(self, max_replicas: int, local_batch: float, gpus_per_node: int) -> tuple[float, ...]:
-        """Goodput (throughput only) at 0..max_replicas; () without data: the allocator's linear prior."""
+        """Goodput at 0..max_replicas; () without data: the allocator's linear prior.
+
+        Throughput from the fitted step-time model (linear before the first reading) times the statistical
+        efficiency of the global batch r x local_batch at the job's noise scale (1 when it reports none).
+        """
         if not self.points:
-            return ()
+            if self.noise_scale is None:
+                return ()
+            return tuple(r * efficiency(r * local_batch, local_batch, self.noise_scale) for r in range(max_replicas + 1))
         if self.params is None:
             obs = [StepObservation(r, n, local_batch, t) for (r, n), t in sorted(self.points.items())]
             self.params = fit(obs)
             self.fitted = dict(self.points)
-        model = GoodputModel(self.params, local_batch, local_batch, gpus_per_node=max(gpus_per_node, 1))
+        model = GoodputModel(self.params, local_batch, local_batch, noise_scale=self.noise_scale,
+                             gpus_per_node=max(gpus_per_node, 1))
         return model.table(max_replicas)
+
+    def adopt(self, status: dict[str, Any]) -> None:
+        """After an operator restart: the restart cost the last operator learned, from the job's status."""
+        a = status.get("allocation") or {}
+        if self.restarts_measured == 0 and (a.get("restartsMeasured") or 0) > 0 and a.get("restartSeconds") is not None:
+            self.restart_seconds, self.restarts_measured = float(a["restartSeconds"]), int(a["restartsMeasured"])
 
 
 def decision_reason(why: str) -> str:
@@ -196,8 +250,16 @@ class GoodputAllocator:
             if not known or self._facts[key].managed != facts.managed:
                 self._poke.set()  # an arrival gets its min within a round, not an interval
             self._facts[key] = facts
-            if facts.managed and (r := reading(status, facts.local_batch, nodes_spanned)) is not None:
-                self._history.setdefault(key, History()).add(r)
+            if not facts.managed:
+                return
+            history = self._history.get(key)
+            if history is None:
+                history = self._history[key] = History()
+                history.adopt(status)
+            if (b := noise_scale(status)) is not None:
+                history.noise_scale = b
+            if (r := reading(status, facts.local_batch, nodes_spanned)) is not None:
+                history.add(r)
 
     def forget(self, key: JobKey) -> None:
         with self._lock:
@@ -212,6 +274,11 @@ class GoodputAllocator:
     def target(self, key: JobKey) -> Target | None:
         with self._lock:
             return self._targets.get(key)
+
+    def restart_seconds_of(self, key: JobKey) -> float:
+        """The job's restart penalty: learned from its own resizes, else the operator's default (call under the lock)."""
+        h = self._history.get(key)
+        return h.restart_seconds if h is not None and h.restart_seconds is not None else self.restart_seconds
 
     # --- the round ---
 
@@ -232,13 +299,13 @@ class GoodputAllocator:
                 # The allocation in force, not the pods of the moment: a job still growing to its
                 # target is not "changed" again by every round until it gets there.
                 current = target.replicas if (f.managed and target is not None) else f.replicas
-                table = self._history[key].table(f.max_replicas, f.local_batch, top // f.gpus_per_replica) \
-                    if f.managed and key in self._history else ()
+                h = self._history.get(key) if f.managed else None
+                table = h.table(f.max_replicas, f.local_batch, top // f.gpus_per_replica) if h is not None else ()
                 inputs.append(JobInput(
                     name=name, min_replicas=f.min_replicas, max_replicas=f.max_replicas, current_replicas=current,
                     goodput=table, priority=f.priority, arrival=f.arrival, managed=f.managed,
-                    restart_seconds=self.restart_seconds, started=f.started, last_change=self._last_change.get(key),
-                    gpus_per_replica=f.gpus_per_replica))
+                    restart_seconds=self.restart_seconds_of(key), started=f.started,
+                    last_change=self._last_change.get(key), gpus_per_replica=f.gpus_per_replica))
             result = allocate(inputs, capacity, now, self.config)
             why = {d.name: d for d in result.decisions}
             for name, key in names.items():
@@ -247,17 +314,21 @@ class GoodputAllocator:
                     continue
                 replicas = result.replicas.get(name, 0)
                 d = why.get(name)
+                h = self._history.get(key)
+                cost = {"restart_seconds": self.restart_seconds_of(key), "restarts_measured": h.restarts_measured if h else 0}
                 if d is not None:
                     reason = decision_reason(d.reason)
                     text = d.reason
                     if reason == "Started" and replicas > self._facts[key].min_replicas:
                         text = "started: its min first (priority, then arrival order), the rest for the goodput it adds"
-                    self._targets[key] = Target(replicas, reason, f"{replicas} replicas (was {d.previous}): {text}")
+                    self._targets[key] = Target(replicas, reason, f"{replicas} replicas (was {d.previous}): {text}", **cost)
                     if d.previous > 0:
                         self._last_change[key] = now
                     self.metrics.allocator_decisions.labels(reason).inc()
                 elif key not in self._targets:
-                    self._targets[key] = Target(replicas, "Kept", f"{replicas} replicas: the allocator keeps its size")
+                    self._targets[key] = Target(replicas, "Kept", f"{replicas} replicas: the allocator keeps its size", **cost)
+                else:
+                    self._targets[key] = replace(self._targets[key], **cost)  # a cost learned since the decision
                 self.metrics.allocated.labels(*key).set(replicas)
         self.metrics.allocator_round.observe(time.perf_counter() - started)
         for d in result.decisions:

@@ -111,6 +111,8 @@ class Target:
     replicas: int
     reason: str  # Started, Grown, Shrunk, Stopped, Kept
     message: str
+    restart_seconds: float | None = None  # the job's restart penalty in the allocator (None: before its first round)
+    restarts_measured: int = 0  # resizes that penalty was learned from
 
 
 @dataclass(frozen=True)
@@ -505,7 +507,12 @@ def _allocated(target: Target | None, st: _Status, plan: Plan) -> None:
     if target is None:
         if prev and prev.get("status") == "True":
             st.condition("Allocated", False, "NotManaged", "the goodput allocator does not manage this job")
+            st.set(allocation=None)
         return
+    # Before this operator's first round the cost the last one learned stays (the allocator reads it back).
+    cost = ({k: v for k, v in (st.old.get("allocation") or {}).items() if k != "replicas"} if target.restart_seconds is None
+            else {"restartSeconds": round(target.restart_seconds, 1), "restartsMeasured": target.restarts_measured})
+    st.set(allocation={"replicas": target.replicas, **cost})
     message = f"goodput allocator: {target.message}"
     if target.reason != "Kept" and (not prev or prev.get("message") != message):
         plan.events.append(("Normal", "GoodputAllocation", message))
