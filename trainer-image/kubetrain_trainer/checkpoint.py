@@ -19,6 +19,11 @@ counter continues across restarts and world-size changes.
 
 Only rank 0 touches metadata (marker, rename, cleanup); ``checkpoint_dir``
 must be one shared filesystem for all pods (checked at start).
+
+A job may start from another job's checkpoints (``init_dir``, a population-based-
+training trial continuing a better trial's model): only while its own directory holds
+none, so a restart resumes its own progress. The model, optimizer moments, step and
+data position come from there; the learning rate stays this job's own.
 """
 
 from __future__ import annotations
@@ -98,8 +103,9 @@ def _write_marker(path: Path, meta: CheckpointMeta) -> None:
 class CheckpointManager:
     """Collective save/load; every method that says so must be called by all ranks."""
 
-    def __init__(self, directory: str, keep: int, rank: int, world_size: int):
+    def __init__(self, directory: str, keep: int, rank: int, world_size: int, init_dir: str = ""):
         self.root = Path(directory)
+        self.init_dir = Path(init_dir) if init_dir else None
         self.keep = max(1, keep)
         self.rank = rank
         self.world_size = world_size
@@ -173,21 +179,37 @@ class CheckpointManager:
             return True  # no owner file (e.g. a pre-fencing checkpoint dir): nothing to fence against
 
     def load_latest(self, state: TrainState) -> CheckpointMeta | None:
-        """Load the newest complete checkpoint into ``state`` (collective); None if there is none."""
+        """Load the newest complete checkpoint into ``state`` (collective); None if there is none.
+
+        With none of its own, the newest of ``init_dir`` (another job's), keeping this job's learning rate.
+        """
         choice = None
         if self.rank == 0:
-            found = latest_checkpoint(self.root)
-            choice = (str(found[0]), json.dumps(asdict(found[1]))) if found else None
+            found, borrowed = latest_checkpoint(self.root), False
+            if found is None and self.init_dir is not None:
+                found, borrowed = latest_checkpoint(self.init_dir), True
+                if found is None:
+                    choice = ("error", f"init_checkpoint_dir {self.init_dir} holds no complete checkpoint to start from")
+            if found:
+                choice = (str(found[0]), json.dumps(asdict(found[1])), borrowed)
         choice = self._broadcast(choice)
         if choice is None:
             return None
-        path, meta_json = choice
+        if choice[0] == "error":  # every rank raises, none waits in a collective for rank 0
+            raise ConfigError(choice[1])
+        path, meta_json, borrowed = choice
         meta = CheckpointMeta.from_json(meta_json)
         t0 = time.monotonic()
+        # DCP restores the optimizer's param groups too: a borrowed checkpoint would bring the other
+        # job's learning rate, and the point of starting from it is to go on with a perturbed one.
+        own_lrs = [g["lr"] for g in state.optimizer.param_groups]
         dcp.load({"train": state}, checkpoint_id=path)
+        if borrowed:
+            for group, lr in zip(state.optimizer.param_groups, own_lrs):
+                group["lr"] = lr
         log.info(
-            "resumed from %s (step %d, saved at world size %d, now %d) in %.2fs",
-            path, meta.step, meta.world_size, self.world_size, time.monotonic() - t0,
+            "resumed from %s%s (step %d, saved at world size %d, now %d) in %.2fs",
+            path, " (another job's)" if borrowed else "", meta.step, meta.world_size, self.world_size, time.monotonic() - t0,
         )
         self.last_saved_step = meta.step
         self.last_saved_at = meta.saved_at

@@ -179,7 +179,8 @@ class Trainer:
         self.scaler = self.plan.grad_scaler()
         self.state = TrainState(self.model, self.optimizer)
         self.ckpt = (
-            CheckpointManager(contract.checkpoint_dir, contract.checkpoint_keep, env.rank, env.world_size)
+            CheckpointManager(contract.checkpoint_dir, contract.checkpoint_keep, env.rank, env.world_size,
+                              init_dir=contract.init_checkpoint_dir)
             if contract.checkpoint_dir
             else None
         )
