@@ -64,7 +64,8 @@ AGENT_SHUTDOWN_SECONDS = STOP_GRACE_SECONDS - 10
 RUN_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 _PKG_ROOT = Path(__file__).resolve().parent.parent  # .../trainer-image
-_CONTRACT_ROOT = Path(sys.modules[TrainerContract.__module__].__file__).resolve().parent.parent  # .../operator
+# The directory that holds the top-level kubetrain package, however deep the contract's module sits in it.
+_CONTRACT_ROOT = Path(sys.modules[TrainerContract.__module__.split(".")[0]].__file__).resolve().parent.parent  # .../operator
 
 
 def build_torchrun_args(
