@@ -82,7 +82,7 @@ run: $(STAMP) ## Run the operator from source against KUBECONFIG (default: the m
 .PHONY: chart-lint
 chart-lint: $(STAMP) ## Lint the Helm chart and the Dockerfiles offline (helm lint, values schema, kubeconform, hadolint)
 	$(PY) -m kubetrain_dev.devcluster build helm kubeconform
-	$(PY) -m pytest tests/unit/test_chart_offline.py tests/unit/test_dockerfiles.py $(PYTEST_ARGS)
+	$(PY) -m pytest tests/chart/test_chart_offline.py tests/unit/test_dockerfiles.py $(PYTEST_ARGS)
 
 .PHONY: chart-docs
 chart-docs: $(STAMP) ## Regenerate the values table in docs/helm.md from charts/kubetrain/values.yaml

@@ -1,6 +1,6 @@
 """The Helm chart under test: helm and kubeconform (built into ~/.cache/kubetrain), renders, schemas.
 
-Shared by tests/unit/test_chart_offline.py (no cluster) and tests/integration/test_chart.py.
+Shared by tests/chart/test_chart_offline.py (no cluster) and tests/integration/test_chart.py.
 A tool that cannot be built fails the test with the build error; it never skips.
 """
 
