@@ -13,7 +13,8 @@ import torch
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from conftest import child_env, free_port_block
-from kubetrain.contract import EXIT_COMM_TIMEOUT, EXIT_CONFIG_ERROR, EXIT_OOM, EXIT_USER_ERROR, TrainerContract
+from kubetrain.contract import TrainerContract
+from kubetrain.contract.vocabulary import ExitCode
 from kubetrain_trainer import failure, mfu
 from kubetrain_trainer.config import Capabilities, ConfigError, validate
 from kubetrain_trainer.data import ElasticSampler
@@ -277,15 +278,15 @@ def test_failure_classification():
     from torch.distributed.elastic.rendezvous import RendezvousTimeoutError
 
     cases = [
-        (ConfigError("precision fp8 needs an NVIDIA GPU"), "ConfigError", EXIT_CONFIG_ERROR),
-        (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), "OutOfMemory", EXIT_OOM),
-        (MemoryError(), "OutOfMemory", EXIT_OOM),
-        (RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"), "OutOfMemory", EXIT_OOM),
-        (RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:123"), "CommunicationTimeout", EXIT_COMM_TIMEOUT),
-        (torch.distributed.DistBackendError("NCCL communicator was aborted"), "CommunicationTimeout", EXIT_COMM_TIMEOUT),
-        (RendezvousTimeoutError("rendezvous timed out"), "CommunicationTimeout", EXIT_COMM_TIMEOUT),
-        (ValueError("timeout must be positive"), "UserError", EXIT_USER_ERROR),
-        (KeyError("hidden"), "UserError", EXIT_USER_ERROR),
+        (ConfigError("precision fp8 needs an NVIDIA GPU"), "ConfigError", ExitCode.CONFIG_ERROR),
+        (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), "OutOfMemory", ExitCode.OUT_OF_MEMORY),
+        (MemoryError(), "OutOfMemory", ExitCode.OUT_OF_MEMORY),
+        (RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"), "OutOfMemory", ExitCode.OUT_OF_MEMORY),
+        (RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:123"), "CommunicationTimeout", ExitCode.COMMUNICATION_TIMEOUT),
+        (torch.distributed.DistBackendError("NCCL communicator was aborted"), "CommunicationTimeout", ExitCode.COMMUNICATION_TIMEOUT),
+        (RendezvousTimeoutError("rendezvous timed out"), "CommunicationTimeout", ExitCode.COMMUNICATION_TIMEOUT),
+        (ValueError("timeout must be positive"), "UserError", ExitCode.USER_ERROR),
+        (KeyError("hidden"), "UserError", ExitCode.USER_ERROR),
     ]
     for exc, reason, code in cases:
         c = failure.classify(exc)
@@ -314,7 +315,7 @@ def test_termination_message_format_size_and_operator_parsing(tmp_path):
     assert text.splitlines()[0].startswith("UserError: ValueError: xxx")
     assert "Restart: 1" in text and "Where: rank 0/2" in text
     assert _from_message(text)[0] == "UserError"
-    assert c.exit_code == EXIT_USER_ERROR
+    assert c.exit_code == ExitCode.USER_ERROR
     assert _from_message(failure.format_message("OutOfMemory", "CUDA out of memory"))[0] == "OOMKilled"
 
 

@@ -35,29 +35,27 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from kubetrain.contract import EXIT_COMM_TIMEOUT, EXIT_CONFIG_ERROR, EXIT_OOM, EXIT_USER_ERROR
+from kubetrain.contract.vocabulary import OUT_OF_MEMORY_HEAD, ExitCode, FailureReason
 
 MAX_MESSAGE_BYTES = 4096
 
-CONFIG_ERROR = "ConfigError"
-OUT_OF_MEMORY = "OutOfMemory"
-USER_ERROR = "UserError"
-COMM_TIMEOUT = "CommunicationTimeout"
-PREEMPTED = "Preempted"
+# The message heads this trainer writes (the operator reads them with kubetrain.contract.vocabulary.MESSAGE_HEADS).
+CONFIG_ERROR = FailureReason.CONFIG_ERROR.value
+OUT_OF_MEMORY = OUT_OF_MEMORY_HEAD
+USER_ERROR = FailureReason.USER_ERROR.value
+COMM_TIMEOUT = FailureReason.COMMUNICATION_TIMEOUT.value
+PREEMPTED = FailureReason.PREEMPTED.value
 
 EXIT_CODES = {
-    CONFIG_ERROR: EXIT_CONFIG_ERROR,
-    OUT_OF_MEMORY: EXIT_OOM,
-    USER_ERROR: EXIT_USER_ERROR,
-    COMM_TIMEOUT: EXIT_COMM_TIMEOUT,
+    CONFIG_ERROR: ExitCode.CONFIG_ERROR,
+    OUT_OF_MEMORY: ExitCode.OUT_OF_MEMORY,
+    USER_ERROR: ExitCode.USER_ERROR,
+    COMM_TIMEOUT: ExitCode.COMMUNICATION_TIMEOUT,
     PREEMPTED: 0,
 }
 PRIORITY = {PREEMPTED: 0, COMM_TIMEOUT: 1, USER_ERROR: 2, OUT_OF_MEMORY: 3, CONFIG_ERROR: 4}
 
-# A worker exits with this after a peer was preempted (SIGTERM on another pod)
-# and the job-wide checkpoint is written: non-zero so that its torchrun agent
-# restarts it into a new, smaller rendezvous round instead of declaring success.
-EXIT_PEER_PREEMPTED = 75  # EX_TEMPFAIL
+EXIT_PEER_PREEMPTED = ExitCode.PEER_PREEMPTED  # the name main.py imports
 
 
 class ConfigError(Exception):

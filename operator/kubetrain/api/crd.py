@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from kubetrain.api import models, pod, sweep
 from kubetrain.api.base import ApiModel, Rule
+from kubetrain.contract.vocabulary import ACTIVE_PHASES
 
 # Only the spec is transition-checked; these may not change while workers train
 # on them (suspend the job, change it, resume). Replicas stay mutable: that is
@@ -31,7 +32,6 @@ IMMUTABLE_WHILE_ACTIVE = {
     "container": "spec.container",
     "pod": "spec.pod",
 }
-ACTIVE_PHASES = ("Running", "Restarting", "Scaling")
 
 PRINTER_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Lifecycle phase"},
@@ -216,7 +216,7 @@ SWEEP_PRINTER_COLUMNS = [
 TRAINING_JOB = Kind(
     kind=models.KIND, plural=models.PLURAL, short_names=("tj",), spec=models.TrainingJobSpec,
     status=models.TrainingJobStatus, root=models.TrainingJob, max_name_length=models.MAX_JOB_NAME_LENGTH,
-    printer_columns=PRINTER_COLUMNS, immutable=IMMUTABLE_WHILE_ACTIVE, active_phases=ACTIVE_PHASES,
+    printer_columns=PRINTER_COLUMNS, immutable=IMMUTABLE_WHILE_ACTIVE, active_phases=tuple(p.value for p in ACTIVE_PHASES),
     # `kubectl scale tj NAME --replicas=N` resizes the elastic range's max.
     scale={"specReplicasPath": ".spec.replicas.max", "statusReplicasPath": ".status.currentReplicas",
            "labelSelectorPath": ".status.selector"},

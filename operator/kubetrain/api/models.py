@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, model_validator
 
 from kubetrain.api.base import ApiModel, Rule
+from kubetrain.contract import vocabulary
 from kubetrain.api.pod import (
     OPERATOR_CONTAINERS,
     OPERATOR_VOLUMES,
@@ -46,12 +47,9 @@ MAX_JOB_NAME_LENGTH = 50
 Precision = Literal["fp32", "tf32", "bf16", "fp16", "fp8"]
 Strategy = Literal["ddp", "fsdp"]
 CompressionType = Literal["none", "fp16", "bf16", "powersgd"]
-# Failure classes the operator derives from exit codes, termination messages
-# and container status. ConfigError and ImagePullError are never retried.
-RetryableReason = Literal[
-    "NodeLost", "Evicted", "Preempted", "OOMKilled", "CommunicationTimeout", "UserError", "Unknown"
-]
-Phase = Literal["Pending", "Running", "Restarting", "Scaling", "Suspended", "Succeeded", "Failed"]
+# The CRD's enums, built from the one vocabulary (kubetrain.contract.vocabulary).
+RetryableReason = Literal[tuple(r.value for r in vocabulary.RETRYABLE_REASONS)]  # type: ignore[valid-type]
+Phase = Literal[tuple(p.value for p in vocabulary.Phase)]  # type: ignore[valid-type]
 
 # Env var names that must never carry a literal value: read them from a Secret.
 _SECRET_NAME_CEL = r"(?i)(^|_)(PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|ACCESS_?KEY|PRIVATE_?KEY|CREDENTIALS?)$"
@@ -517,7 +515,7 @@ class FailurePolicy(ApiModel):
         description="Restarts the whole job may use (failed or lost workers re-rendezvous); beyond it the job Fails.",
     )
     retry_on: list[RetryableReason] = Field(
-        default_factory=lambda: ["NodeLost", "Evicted", "Preempted", "CommunicationTimeout", "Unknown"],
+        default_factory=lambda: [r.value for r in vocabulary.DEFAULT_RETRY_ON],
         max_length=7,
         description="Failure reasons that use a restart; any other fails the job at once. ConfigError and "
         "ImagePullError are never retried.",

@@ -3,8 +3,8 @@
 Both images import it and neither imports the other: the operator image has no torch, the
 trainer image has no kopf. What crosses the boundary is defined here once:
 
-- ``env``: the ``KUBETRAIN_*`` environment (:class:`TrainerContract`), the termination-message
-  path and the trainer's exit codes;
+- ``env``: the ``KUBETRAIN_*`` environment (:class:`TrainerContract`) and the termination-message path;
+- ``vocabulary``: job phases, failure reasons and the trainer's exit codes, as enums;
 - ``torchrun``: the elastic launcher's argv and rendezvous timeouts;
 - ``store``: the rendezvous store's program (run as ``python -c`` in the store pod);
 - ``noise_scale``: how the exported gradient noise scale is measured;
@@ -12,10 +12,6 @@ trainer image has no kopf. What crosses the boundary is defined here once:
 """
 
 from kubetrain.contract.env import (  # noqa: F401 - the contract's names, importable from the package
-    EXIT_COMM_TIMEOUT,
-    EXIT_CONFIG_ERROR,
-    EXIT_OOM,
-    EXIT_USER_ERROR,
     PREFIX,
     TERMINATION_MESSAGE_PATH,
     TrainerContract,

@@ -23,11 +23,7 @@ PREFIX = "KUBETRAIN_"
 # container's terminationMessagePath so the reason shows up in the pod status.
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 
-# Exit codes the trainer uses so the operator can classify without parsing text.
-EXIT_CONFIG_ERROR = 2  # the configuration can never work: never retried
-EXIT_OOM = 3  # out of memory (CUDA or host)
-EXIT_COMM_TIMEOUT = 4  # NCCL / gloo collective or rendezvous timeout
-EXIT_USER_ERROR = 5  # an exception from the user's model, data or loss code
+# The trainer's exit codes and failure reasons: kubetrain.contract.vocabulary.
 
 
 def _env_name(attr: str) -> str:

@@ -53,7 +53,6 @@ EMA_WEIGHT = 0.5
 # A fit takes ~10 ms: refit only on a new size or a step time this far from the fitted one, so a
 # steady job costs a round nothing (1,000 jobs refitted every round would hold the lock for seconds).
 REFIT_CHANGE = 0.05
-ACTIVE = ("Running", "Scaling", "Restarting")
 
 
 def managed(job: TrainingJob, default: bool) -> bool:

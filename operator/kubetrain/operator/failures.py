@@ -5,38 +5,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from kubetrain import contract
+from kubetrain.contract.vocabulary import EXIT_CODE_REASONS, MESSAGE_HEADS, NEVER_RETRIED, FailureReason
 
-NEVER_RETRIED = {"ConfigError", "ImagePullError"}
-_MESSAGE_REASONS = {
-    "OutOfMemory": "OOMKilled",
-    "OOMKilled": "OOMKilled",
-    "CommunicationTimeout": "CommunicationTimeout",
-    "UserError": "UserError",
-    "ConfigError": "ConfigError",
-    # The trainer checkpointed on SIGTERM and stopped: a clean preemption.
-    "Preempted": "Preempted",
-}
-_EXIT_CODE_REASONS = {
-    contract.EXIT_CONFIG_ERROR: "ConfigError",
-    contract.EXIT_OOM: "OOMKilled",
-    contract.EXIT_COMM_TIMEOUT: "CommunicationTimeout",
-    contract.EXIT_USER_ERROR: "UserError",
-}
 # DisruptionTarget condition reasons (Kubernetes >= 1.26) -> our reasons.
 _DISRUPTION_REASONS = {
-    "PreemptionByScheduler": "Preempted",
-    "DeletionByTaintManager": "NodeLost",
-    "DeletionByPodGC": "NodeLost",
-    "EvictionByEvictionAPI": "Evicted",
-    "TerminationByKubelet": "Evicted",
+    "PreemptionByScheduler": FailureReason.PREEMPTED,
+    "DeletionByTaintManager": FailureReason.NODE_LOST,
+    "DeletionByPodGC": FailureReason.NODE_LOST,
+    "EvictionByEvictionAPI": FailureReason.EVICTED,
+    "TerminationByKubelet": FailureReason.EVICTED,
 }
+# 128 + SIGKILL (grace 0, or the grace period ran out) and 128 + SIGTERM (stopped without writing a reason).
+KILLED_EXIT_CODES = {137, 143}
 IMAGE_PULL_WAITING = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
 
 
 @dataclass(frozen=True)
 class Failure:
-    reason: str
+    reason: FailureReason
     message: str
     exit_code: int | None = None
 
@@ -52,19 +38,19 @@ def _terminated(status: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def _disruption(status: dict[str, Any]) -> str | None:
+def _disruption(status: dict[str, Any]) -> FailureReason | None:
     for cond in status.get("conditions") or []:
         if cond.get("type") == "DisruptionTarget" and cond.get("status") == "True":
-            return _DISRUPTION_REASONS.get(cond.get("reason", ""), "Evicted")
+            return _DISRUPTION_REASONS.get(cond.get("reason", ""), FailureReason.EVICTED)
     return None
 
 
-def _from_message(message: str) -> tuple[str, str] | None:
+def _from_message(message: str) -> tuple[FailureReason, str] | None:
     """The trainer writes ``Reason: details`` as its first line."""
     first, _, rest = message.strip().partition("\n")
     head, sep, detail = first.partition(":")
-    if sep and head.strip() in _MESSAGE_REASONS:
-        return _MESSAGE_REASONS[head.strip()], detail.strip() or rest.strip()
+    if sep and head.strip() in MESSAGE_HEADS:
+        return MESSAGE_HEADS[head.strip()], detail.strip() or rest.strip()
     return None
 
 
@@ -72,29 +58,41 @@ def classify(pod: dict[str, Any], node_gone: bool = False) -> Failure:
     """The failure of a pod that ended without succeeding (Failed, or deleted under us)."""
     status = pod.get("status") or {}
     if status.get("reason") == "Evicted":
-        return Failure("Evicted", status.get("message", "the pod was evicted"))
+        return Failure(FailureReason.EVICTED, status.get("message", "the pod was evicted"))
     if (disrupted := _disruption(status)) is not None:
         return Failure(disrupted, f"pod {pod['metadata']['name']} was disrupted: {disrupted}")
     term = _terminated(status)
+    deleted = node_gone or bool(pod["metadata"].get("deletionTimestamp"))
     if term is None:
-        if node_gone or pod["metadata"].get("deletionTimestamp"):
-            return Failure("NodeLost", f"pod {pod['metadata']['name']} was deleted before it finished (its node was lost)")
-        return Failure("Unknown", f"pod {pod['metadata']['name']} failed: {status.get('message') or status.get('reason') or 'no details'}")
+        if deleted:
+            return _lost(pod, None)
+        return Failure(FailureReason.UNKNOWN, f"pod {pod['metadata']['name']} failed: {status.get('message') or status.get('reason') or 'no details'}")
     code = term.get("exitCode")
     message = (term.get("message") or "").strip()
     if term.get("reason") == "OOMKilled":
-        return Failure("OOMKilled", "the trainer container ran out of memory (OOMKilled)", code)
+        return Failure(FailureReason.OOM_KILLED, "the trainer container ran out of memory (OOMKilled)", code)
     if (parsed := _from_message(message)) is not None:
         return Failure(parsed[0], parsed[1][:1024], code)
-    if code in _EXIT_CODE_REASONS:
-        return Failure(_EXIT_CODE_REASONS[code], message[:1024] or f"exit code {code}", code)
+    if code in EXIT_CODE_REASONS:
+        return Failure(EXIT_CODE_REASONS[code], message[:1024] or f"exit code {code}", code)
+    if deleted and code in KILLED_EXIT_CODES:
+        # A real kubelet records the kill of a deleted pod's container (KWOK records none): the
+        # same lost pod as above, whichever the operator happens to see first.
+        return _lost(pod, code)
     detail = message.splitlines()[-1][:1024] if message else f"exit code {code}"
-    return Failure("Unknown", f"trainer exited with code {code}: {detail}", code)
+    return Failure(FailureReason.UNKNOWN, f"trainer exited with code {code}: {detail}", code)
+
+
+def _lost(pod: dict[str, Any], code: int | None) -> Failure:
+    """A pod deleted under the trainer (its node lost, or deleted by a user or a controller): not the trainer's fault."""
+    killed = f", its trainer killed (exit code {code})" if code is not None else ""
+    return Failure(FailureReason.NODE_LOST, f"pod {pod['metadata']['name']} was deleted before it finished{killed}: "
+                               "its node was lost, or a user or controller deleted it", code)
 
 
 def image_pull_problem(pod: dict[str, Any]) -> Failure | None:
     for cs in (pod.get("status") or {}).get("containerStatuses") or []:
         waiting = (cs.get("state") or {}).get("waiting") or {}
         if waiting.get("reason") in IMAGE_PULL_WAITING:
-            return Failure("ImagePullError", f"{waiting['reason']}: {waiting.get('message', '')}".strip())
+            return Failure(FailureReason.IMAGE_PULL_ERROR, f"{waiting['reason']}: {waiting.get('message', '')}".strip())
     return None

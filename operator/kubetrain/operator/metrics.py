@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from kubetrain.api.models import Phase, RetryableReason
+from kubetrain.contract.vocabulary import ACTIVE_PHASES, RETRYABLE_REASONS, Phase
 from kubetrain.operator.planner import STORE_LOST, Plan
 
-PHASES: tuple[str, ...] = Phase.__args__  # type: ignore[attr-defined]
+PHASES: tuple[str, ...] = tuple(p.value for p in Phase)
 # Every reason a restart can have: counters start at 0 for each, so "no restarts"
 # is a 0 on the dashboard rather than no data.
-RESTART_REASONS: tuple[str, ...] = (*RetryableReason.__args__, STORE_LOST)  # type: ignore[attr-defined]
+RESTART_REASONS: tuple[str, ...] = (*(r.value for r in RETRYABLE_REASONS), STORE_LOST)
 SCALING_REASONS = ("CapacityAvailable", "PartialCapacity", "GoodputAllocation", "InsufficientCapacity", "CheckpointVolumeMissing", "ReferencedObjectMissing", "NoNodeFits")
 RECONCILE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 STARTUP_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
@@ -81,7 +81,7 @@ class OperatorMetrics:
         self.replicas.labels(namespace, job, "ready").set(ready)
         self.pods.labels(namespace, job, "worker").set(int(status.get("currentReplicas") or 0))
         self.gpus.labels(namespace, job).set(ready * gpus_per_replica)
-        if phase in ("Running", "Scaling", "Restarting") and elapsed > 0:
+        if phase in ACTIVE_PHASES and elapsed > 0:
             self.gpu_seconds.labels(namespace, job).inc(ready * gpus_per_replica * elapsed)
 
     def forget(self, namespace: str, job: str) -> None:

@@ -17,10 +17,10 @@ from typing import Any
 
 from kubetrain.api.advice import spec_warnings
 from kubetrain.api.models import TrainingJob
+from kubetrain.contract.vocabulary import TERMINAL_PHASES, USER_FAULTS, Phase
 from kubetrain.operator import naming
 from kubetrain.operator.failures import Failure, classify, image_pull_problem
 
-TERMINAL = ("Succeeded", "Failed")
 # A gang held below min for this long is released so another job can run;
 # the job's uid spreads the release over another interval of the same length,
 # so two jobs stuck on the same GPUs do not release (and retry) in lockstep.
@@ -30,8 +30,6 @@ STORE_LOST = "StoreLost"
 # Agents notice a lost store when a read fails: at once on a reset connection, after c10d's
 # read timeout (60 s) when the node vanished. Failures until then belong to the store loss.
 STORE_LOSS_GRACE_SECONDS = 120.0
-# A user's bug or bad configuration is never blamed on the store.
-USER_FAULTS = ("UserError", "ConfigError", "ImagePullError")
 
 
 @dataclass(frozen=True)
@@ -252,7 +250,7 @@ def plan(job: TrainingJob, body: dict[str, Any], obs: Observed) -> Plan:
     phase = old.get("phase")
 
     # Finished: clean up, honour the TTL, and do nothing else.
-    if phase in TERMINAL:
+    if phase in TERMINAL_PHASES:
         _retire_after_end(result, job, workers, store)
         ttl = spec.ttl_seconds_after_finished
         done = old.get("completionTime")
@@ -317,6 +315,7 @@ def plan(job: TrainingJob, body: dict[str, Any], obs: Observed) -> Plan:
             continue
         failure = classify(p.body)
         result.release.append(p.name)
+        # A user's bug or bad configuration is never blamed on the store.
         if covered_by_store_loss and failure.reason not in USER_FAULTS:
             result.events.append(("Normal", "EndedWithTheStore", f"worker {p.name} ended after the rendezvous store was lost "
                                                                   f"({failure.reason}); counted in that restart"))

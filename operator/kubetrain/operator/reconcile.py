@@ -28,13 +28,13 @@ from pydantic import ValidationError
 
 from kubetrain.api.base import format_errors
 from kubetrain.api.models import TrainingJob
+from kubetrain.contract.vocabulary import ACTIVE_PHASES, TERMINAL_PHASES, Phase
 from kubetrain.operator import allocation, builders, capacity, naming, planner
 from kubetrain.operator.kube import Kube
 from kubetrain.operator.metrics import OperatorMetrics
 from kubetrain.operator.runtime import JobMemo, OperatorRuntime
 from kubetrain.operator.throughput import ThroughputReader
 
-ACTIVE = ("Running", "Scaling", "Restarting")
 # A transient API error is retried after RETRY_BACKOFF seconds, not Kopf's 60:
 # short enough to recover quickly, long enough never to loop hot.
 RETRY_BACKOFF = 5.0
@@ -125,8 +125,8 @@ def parse(raw: dict[str, Any], body: Any, runtime: OperatorRuntime, state: JobMe
     except ValidationError as exc:
         # Passed the CRD but not the models (e.g. an older CRD): say so once, never crash or loop.
         message = "; ".join(format_errors(exc))
-        if "Failed" not in ((raw.get("status") or {}).get("phase"), state.status.get("phase")):
-            failed = {"phase": "Failed", "conditions": [{"type": "Failed", "status": "True", "reason": "InvalidSpec", "message": message[:32768],
+        if Phase.FAILED not in ((raw.get("status") or {}).get("phase"), state.status.get("phase")):
+            failed = {"phase": Phase.FAILED.value, "conditions": [{"type": "Failed", "status": "True", "reason": "InvalidSpec", "message": message[:32768],
                                                           "lastTransitionTime": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}]}
             runtime.kube.patch_job_status(raw["metadata"]["namespace"], raw["metadata"]["name"], failed)
             state.status.update(failed)
@@ -165,7 +165,7 @@ def observe(job: TrainingJob, body: dict[str, Any], runtime: OperatorRuntime, id
              for (r_ns, r_job, pod), r in runtime.reservations.unseen(idx.shows).items() if (r_ns, r_job) == (ns, name)]
     nodes = [n for store in idx.gpu_nodes.values() for n in store]
     # A job that trains has its Service, claims and ConfigMaps: no reads while it runs.
-    settled = (body.get("status") or {}).get("phase") == "Running"
+    settled = (body.get("status") or {}).get("phase") == Phase.RUNNING
     missing = tuple(
         (kind, obj, path) for kind, obj, path in builders.referenced_objects(job)
         if not cached_exists(state, f"{kind}/{obj}", lambda: kube.object_exists(kind, ns, obj), settled)
@@ -320,7 +320,7 @@ def reflect_throughput(job: TrainingJob, raw: dict[str, Any], obs: planner.Obser
     ] if job.spec.metrics.enabled else []
     reader.register_pods(key, urls)
     figures = reader.get(key)
-    if figures is not None and result.status.get("phase") in ACTIVE:
+    if figures is not None and result.status.get("phase") in ACTIVE_PHASES:
         result.status["throughput"] = figures.status()
 
 
@@ -330,7 +330,7 @@ def report_to_allocator(job: TrainingJob, raw: dict[str, Any], obs: planner.Obse
     spec = job.spec
     key = (raw["metadata"]["namespace"], job.metadata.name)
     status = raw["status"] | result.status
-    if spec.container.gpus_per_replica == 0 or status.get("phase") in planner.TERMINAL or status.get("phase") == "Suspended":
+    if spec.container.gpus_per_replica == 0 or status.get("phase") in (*TERMINAL_PHASES, Phase.SUSPENDED):
         runtime.allocator.report(key, None, status, 0)
         return
     runtime.allocator.set_nodes({n.name: n.allocatable_gpus for store in idx.gpu_nodes.values() for n in store
