@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -313,3 +314,35 @@ def test_store_loss_past_the_restart_cap_fails_the_job():
     running = plan(job, _body({"desiredReplicas": 2}), _obs([_store(), _pod(0), _pod(1)], placeable=0))
     lost = plan(job, _body(running.status), _obs([_pod(0), _pod(1)], placeable=0))
     assert lost.status["phase"] == "Failed" and "StoreLost" in _cond(lost.status, "Failed")["message"]
+
+
+def test_a_worker_on_a_lost_node_is_counted_lost_and_replaced_in_the_same_round():
+    """Its node is gone (or NotReady too long) while the API still shows the pod Running and Ready."""
+    lost = replace(_pod(1, node="n1"), node_lost="was deleted")
+    pods = [_store(), _pod(0), lost, _pod(2, node="n2"), _pod(3, node="n3")]
+    p = plan(_job(), _body({"desiredReplicas": 4, "phase": "Running"}), _obs(pods, placeable=1))
+    assert p.release == ["j-w1-0"] and p.delete == ["j-w1-0"] and p.lost == ["j-w1-0"]
+    assert p.create_workers == [(1, 1)]  # the same slot, the next attempt, at once
+    assert p.status["restarts"] == 1 and p.status["readyReplicas"] == 3 and p.status["phase"] == "Scaling"
+    assert ("Warning", "NodeLost", "worker j-w1-0 ended: its node n1 was deleted; restart 1 of 3") in p.events
+    # The next round sees it accounted (released) and deleting: nothing counted twice.
+    again = replace(lost, deleting=True, accounted=True, tracked=False)
+    p2 = plan(_job(), _body(p.status), _obs([_store(), _pod(0), again, _pod(2, node="n2"), _pod(3, node="n3")], placeable=0))
+    assert p2.status["restarts"] == 1 and p2.release == [] and p2.lost == []
+
+
+def test_a_pod_that_failed_before_its_node_was_lost_keeps_its_own_reason():
+    failed = replace(_pod(1, phase="Failed", ready=False, terminated={"exitCode": 1, "message": "UserError: bad loss"}),
+                     node_lost="was deleted")
+    p = plan(_job(failurePolicy={"retryOn": ["UserError", "NodeLost"]}), _body({"desiredReplicas": 2}),
+             _obs([_store(), _pod(0), failed], placeable=1))
+    assert [e[1] for e in p.events if e[0] == "Warning"] == ["UserError"]
+
+
+def test_the_store_on_a_lost_node_is_a_store_loss_and_removed_at_once():
+    store = replace(_store(), node_lost="has been NotReady for 12 s (grace 10 s)")
+    status = {"desiredReplicas": 2, "phase": "Running",
+              "conditions": [{"type": "StoreReady", "status": "True", "reason": "Serving", "lastTransitionTime": "2026-11-22T11:00:00Z"}]}
+    p = plan(_job(), _body(status), _obs([store, _pod(0), _pod(1, node="n1")], placeable=0))
+    assert "j-rdzv" in p.lost and "j-rdzv" in p.delete and p.create_store
+    assert p.status["restarts"] == 1 and any(e[1] == "StoreLost" for e in p.events)

@@ -26,6 +26,7 @@ class FakeKube:
         self.created: list[str] = []
         self.released: list[str] = []
         self.deleted: list[str] = []
+        self.forced: list[str] = []  # deleted with grace 0
         self.pods: list[dict] = []
         self.status_patches: list[dict] = []
 
@@ -41,8 +42,10 @@ class FakeKube:
         self.released.append(name)
         return True
 
-    def delete_pod(self, namespace: str, name: str) -> None:
+    def delete_pod(self, namespace: str, name: str, grace_seconds: int | None = None) -> None:
         self.deleted.append(name)
+        if grace_seconds == 0:
+            self.forced.append(name)
 
     def delete_job(self, namespace: str, name: str) -> None:
         self.deleted.append(f"job/{name}")
@@ -176,6 +179,22 @@ def test_a_released_pod_counts_as_accounted_until_the_index_shows_the_release():
     idx = Indexes(job_pods={("ns", "j"): [view]}, gpu_nodes={}, gpus_in_use={}, gpus_pending={})
     obs = reconcile.observe(parse_trainingjob(_body()), _body(), _runtime(FakeKube()), idx, state)
     assert [(p.name, p.accounted, p.tracked) for p in obs.pods] == [("j-w0-0", True, False)]
+
+
+def test_a_pod_on_a_deleted_node_is_lost_removed_at_once_and_replaced():
+    """The node watch saw its node deleted: the pod still shows Running and Ready in the index."""
+    def pod(slot: int, node: str) -> planner.PodView:
+        return planner.PodView.from_body({
+            "metadata": {"name": f"j-w{slot}-0", "finalizers": [naming.TRACKING_FINALIZER],
+                         "labels": {naming.LABEL_ROLE: naming.ROLE_WORKER, naming.LABEL_SLOT: str(slot), naming.LABEL_ATTEMPT: "0"}},
+            "spec": {"nodeName": node}, "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}})
+    kube = FakeKube()
+    runtime, state = _runtime(kube), JobMemo()
+    runtime.deleted_nodes.event("DELETED", "n1")
+    idx = Indexes(job_pods={("ns", "j"): [pod(0, "n0"), pod(1, "n1")]}, gpu_nodes={}, gpus_in_use={}, gpus_pending={})
+    _, events = _run(runtime, state, _body() | {"status": {"desiredReplicas": 2, "phase": "Running"}}, idx)
+    assert kube.released == ["j-w1-0"] and kube.forced == ["j-w1-0"] and "Pod/j-w1-1" in kube.created
+    assert ("Warning", "NodeLost") in events and kube.status_patches[-1]["restarts"] == 1
 
 
 def test_an_existing_object_is_trusted_while_the_job_trains_and_for_a_ttl_otherwise(monkeypatch):

@@ -53,3 +53,19 @@ def test_a_job_is_not_woken_before_its_timer_registers_it_or_after_it_is_forgott
 
     asyncio.run(main())
     assert runs == []
+
+
+def test_a_later_wake_runs_after_its_delay_not_before():
+    """A NotReady node's pods count as lost only after the grace period: its jobs are woken then."""
+    runs: list[float] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        wakes = Wakes(delay=0.0)
+        wakes.register(KEY, lambda: runs.append(loop.time()))
+        asked = loop.time()
+        wakes.wake_later(KEY, loop, 0.3)
+        await _until(lambda: runs)
+        assert runs[0] - asked >= 0.3
+
+    asyncio.run(main())

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from kubetrain.api.models import TrainingJobSpec
@@ -24,12 +25,16 @@ class NodeInfo:
     allocatable_gpus: int = 0
     ready: bool = True
     unschedulable: bool = False
+    # When its Ready condition last turned from True (None while Ready, or never reported).
+    not_ready_since: datetime | None = None
 
     @classmethod
     def from_body(cls, body: dict[str, Any], gpu_resource: str = "nvidia.com/gpu") -> "NodeInfo":
         status = body.get("status") or {}
         spec = body.get("spec") or {}
-        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+        cond = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+        ready = cond.get("status") == "True"
+        since = cond.get("lastTransitionTime")
         alloc = (status.get("allocatable") or {}).get(gpu_resource, 0)
         return cls(
             name=body["metadata"]["name"],
@@ -38,6 +43,7 @@ class NodeInfo:
             allocatable_gpus=int(alloc),
             ready=ready,
             unschedulable=bool(spec.get("unschedulable")),
+            not_ready_since=datetime.fromisoformat(since.replace("Z", "+00:00")) if since and not ready else None,
         )
 
 

@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from datetime import datetime, timezone
 from typing import Any
 
 import kopf
 
 from kubetrain.api.models import GROUP, PLURAL, VERSION
 from kubetrain.operator import capacity, naming, planner, reconcile
+from kubetrain.operator import nodes as node_loss
 from kubetrain.operator.kube import Kube
 from kubetrain.operator.reconcile import RETRY_BACKOFF, Indexes, plain
 from kubetrain.operator.runtime import RUNTIME_KEY, JobMemo, OperatorRuntime
@@ -125,6 +127,20 @@ def periodic(namespace: str, name: str, body: kopf.Body, patch: kopf.Patch, memo
     # A timer's body is the live one Kopf keeps fresh: what a pod event's wake reconciles from.
     runtime.wakes.register((namespace, name), functools.partial(reconcile.woken, body, runtime, state, logger, idx))
     reconcile.reconcile_job(body, patch, runtime, state, logger, idx)
+
+
+@kopf.on.event("nodes")
+async def node_event(type: str | None, name: str, body: kopf.Body, memo: kopf.Memo, job_pods: kopf.Index, **_: Any) -> None:
+    """A node was deleted or is NotReady: wake the jobs with pods on it when those pods count as lost (nodes.py)."""
+    runtime = OperatorRuntime.of(memo)
+    runtime.deleted_nodes.event(type, name)
+    info = capacity.NodeInfo.from_body(plain(body), runtime.config.gpu_resource)
+    delay = node_loss.wake_after(type, info, datetime.now(timezone.utc), runtime.config.node_lost_grace_seconds)
+    if delay is None:
+        return
+    loop = asyncio.get_running_loop()
+    for key in {key for key, views in job_pods.items() if any(v.node == name for v in views)}:
+        runtime.wakes.wake_later(key, loop, delay)
 
 
 @kopf.on.event("pods", labels={naming.LABEL_JOB: kopf.PRESENT})

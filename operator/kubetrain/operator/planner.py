@@ -17,7 +17,7 @@ from typing import Any
 
 from kubetrain.api.advice import spec_warnings
 from kubetrain.api.models import TrainingJob
-from kubetrain.contract.vocabulary import TERMINAL_PHASES, USER_FAULTS, Phase
+from kubetrain.contract.vocabulary import TERMINAL_PHASES, USER_FAULTS, FailureReason, Phase
 from kubetrain.operator import naming
 from kubetrain.operator.failures import Failure, classify, image_pull_problem
 
@@ -49,14 +49,17 @@ class PodView:
     unschedulable: bool
     created: datetime | None
     body: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
+    # Why its node counts as lost ("was deleted", "has been NotReady for ..."; operator/nodes.py): it is
+    # lost with it, even while the API still shows it Running. Set by the reconcile, never from the body.
+    node_lost: str | None = None
 
     @property
     def active(self) -> bool:
-        return not self.deleting and self.phase not in ("Succeeded", "Failed")
+        return not self.deleting and self.node_lost is None and self.phase not in ("Succeeded", "Failed")
 
     @property
     def ended_badly(self) -> bool:
-        return self.phase == "Failed" or (self.deleting and self.phase != "Succeeded")
+        return self.phase == "Failed" or ((self.deleting or self.node_lost is not None) and self.phase != "Succeeded")
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> "PodView":
@@ -137,6 +140,8 @@ class Plan:
     # Pods to account for: drop the tracking finalizer and mark them accounted.
     release: list[str] = field(default_factory=list)
     delete: list[str] = field(default_factory=list)  # released first, then deleted
+    # Of those, the pods on a lost node: deleted at once (grace 0), as PodGC would, so a store's fixed name is free again.
+    lost: list[str] = field(default_factory=list)
     delete_job: bool = False
     status: dict[str, Any] = field(default_factory=dict)
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
@@ -313,7 +318,7 @@ def plan(job: TrainingJob, body: dict[str, Any], obs: Observed) -> Plan:
             result.release.append(p.name)
         if not p.ended_badly or p.accounted:
             continue
-        failure = classify(p.body)
+        failure = _lost_with_its_node(p) or classify(p.body)
         result.release.append(p.name)
         # A user's bug or bad configuration is never blamed on the store.
         if covered_by_store_loss and failure.reason not in USER_FAULTS:
@@ -334,6 +339,9 @@ def plan(job: TrainingJob, body: dict[str, Any], obs: Observed) -> Plan:
         st.condition("Restarting", True, failure.reason, f"worker {p.name}: {failure.message}")
         result.events.append(("Warning", failure.reason, f"worker {p.name} ended: {failure.message}; restart {restarts} of {spec.failure_policy.max_restarts}"))
     st.set(restarts=restarts)
+    # Pods on a lost node (accounted above) go now, the store's too: their replacements are created this round.
+    result.lost = [p.name for p in obs.pods if p.node_lost is not None and not p.deleting]
+    result.delete.extend(result.lost)
 
     # Image pull problems that persist are configuration errors.
     for p in workers:
@@ -465,6 +473,13 @@ def _store_loss_window(cond: dict[str, Any] | None, now: datetime) -> bool:
     since = cond.get("lastTransitionTime")
     return (cond.get("reason") == "Recovered" and since is not None
             and (now - _parse_time(since)).total_seconds() < STORE_LOSS_GRACE_SECONDS)
+
+
+def _lost_with_its_node(p: PodView) -> Failure | None:
+    """A pod that had not ended when its node was lost ended with the node."""
+    if p.node_lost is None or p.phase == "Failed":
+        return None
+    return Failure(FailureReason.NODE_LOST, f"its node {p.node} {p.node_lost}")
 
 
 def _finished_message(workers: list[PodView]) -> str:

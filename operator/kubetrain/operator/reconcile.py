@@ -30,6 +30,7 @@ from kubetrain.api.base import format_errors
 from kubetrain.api.models import TrainingJob
 from kubetrain.contract.vocabulary import ACTIVE_PHASES, TERMINAL_PHASES, Phase
 from kubetrain.operator import allocation, builders, capacity, naming, planner
+from kubetrain.operator import nodes as node_loss
 from kubetrain.operator.kube import Kube
 from kubetrain.operator.metrics import OperatorMetrics
 from kubetrain.operator.runtime import JobMemo, OperatorRuntime
@@ -161,9 +162,13 @@ def observe(job: TrainingJob, body: dict[str, Any], runtime: OperatorRuntime, id
             view = planner.PodView(**{**view.__dict__, "accounted": True, "tracked": False})
         pods.append(view)
     now = datetime.now(timezone.utc)
+    nodes = [n for store in idx.gpu_nodes.values() for n in store]
+    # A pod on a deleted node, or one NotReady for the grace period, is lost now, not when PodGC or the taint manager removes it.
+    lost = node_loss.lost_nodes((v.node for v in pods if v.node), {n.name: n for n in nodes}, runtime.deleted_nodes, now,
+                                runtime.config.node_lost_grace_seconds)
+    pods = [replace(v, node_lost=lost[v.node]) if v.node in lost else v for v in pods]
     pods += [planner.just_created(pod, r.role, r.slot, r.attempt, now)
              for (r_ns, r_job, pod), r in runtime.reservations.unseen(idx.shows).items() if (r_ns, r_job) == (ns, name)]
-    nodes = [n for store in idx.gpu_nodes.values() for n in store]
     # A job that trains has its Service, claims and ConfigMaps: no reads while it runs.
     settled = (body.get("status") or {}).get("phase") == Phase.RUNNING
     missing = tuple(
@@ -286,7 +291,8 @@ def execute(plan: planner.Plan, job: TrainingJob, body: dict[str, Any], runtime:
             raced.add(name)
     for name in dict.fromkeys(plan.delete):
         if name not in raced:
-            kube.delete_pod(ns, name)
+            # A lost node's kubelet never confirms a graceful delete: remove the object, as PodGC would.
+            kube.delete_pod(ns, name, 0 if name in plan.lost else None)
     if plan.delete_job:
         kube.delete_job(ns, job.metadata.name)
 

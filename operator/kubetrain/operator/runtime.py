@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from kubetrain.operator import capacity
 from kubetrain.operator.allocation import GoodputAllocator
 from kubetrain.operator.metrics import OperatorMetrics
+from kubetrain.operator.nodes import DeletedNodes
 from kubetrain.operator.settings import OperatorConfig
 from kubetrain.operator.throughput import PodScrapeSource, PrometheusSource, ThroughputReader
 from kubetrain.operator.wakes import Wakes
@@ -36,7 +37,8 @@ JOB_KEY = "job"
 
 
 class OperatorRuntime:
-    """Config, API client, metrics, the reservation ledger, the throughput reader, the wakes and the goodput allocator of one operator."""
+    """Config, API client, metrics, the reservation ledger, the throughput reader, the wakes, the deleted nodes
+    and the goodput allocator of one operator."""
 
     def __init__(self, config: OperatorConfig, kube: Kube, throughput: ThroughputReader | None = None):
         self.config = config
@@ -50,6 +52,7 @@ class OperatorRuntime:
             throughput = ThroughputReader(source, config.throughput_interval_seconds)
         self.throughput = throughput
         self.wakes = Wakes()
+        self.deleted_nodes = DeletedNodes()
         # Goodput-aware scheduling across jobs: fed by every reconcile, rounds in its own thread.
         self.allocator = GoodputAllocator(
             AllocatorConfig(interval_seconds=config.goodput_interval_seconds, min_dwell_seconds=config.goodput_min_dwell_seconds),

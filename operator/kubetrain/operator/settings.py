@@ -24,6 +24,8 @@ class OperatorConfig:
     # Empty: every namespace (cluster mode). Otherwise only these.
     namespaces: list[str] = field(default_factory=list)
     reconcile_interval_seconds: float = 5.0
+    # A pod whose node has been NotReady this long counts as lost and is replaced (operator/nodes.py).
+    node_lost_grace_seconds: float = 10.0
     gpu_resource: str = "nvidia.com/gpu"
     # Kopf peering: with several replicas, only the one with the highest priority acts.
     peering_name: str = "kubetrain"
@@ -50,6 +52,7 @@ class OperatorConfig:
             build=build,
             namespaces=_namespaces(env.get("KUBETRAIN_WATCH_NAMESPACES", "")),
             reconcile_interval_seconds=reconcile_interval_from_env(env),
+            node_lost_grace_seconds=float(env.get("KUBETRAIN_NODE_LOST_GRACE", "10")),
             standalone=env.get("KUBETRAIN_STANDALONE", "false").lower() == "true",
             metrics_port=int(env.get("KUBETRAIN_METRICS_PORT", "8000")),
             prometheus_url=env.get("KUBETRAIN_PROMETHEUS_URL", ""),

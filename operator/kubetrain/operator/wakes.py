@@ -47,6 +47,10 @@ class Wakes:
         loop.call_later(self.delay, self._fire, key, loop, contextvars.copy_context())
         return True
 
+    def wake_later(self, key: JobKey, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
+        """Wake the job ``seconds`` from now (when the pods on a NotReady node come to count as lost)."""
+        loop.call_later(seconds, self.wake, key, loop)
+
     def _fire(self, key: JobKey, loop: asyncio.AbstractEventLoop, context: contextvars.Context) -> None:
         with self._guard:
             self._pending.discard(key)
