@@ -10,6 +10,7 @@ is idempotent (a 409 means it already happened).
 
 from __future__ import annotations
 
+import enum
 import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -170,9 +171,11 @@ class _Status:
         self.conditions = {c["type"]: dict(c) for c in old.get("conditions") or []}
 
     def set(self, **fields: Any) -> None:
-        self.patch.update(fields)
+        # Plain strings in the patch, not the vocabulary's enum members: it is written as JSON and compared.
+        self.patch.update({k: v.value if isinstance(v, enum.Enum) else v for k, v in fields.items()})
 
     def condition(self, ctype: str, status: bool, reason: str, message: str) -> None:
+        ctype, reason = str(ctype), str(reason)  # a phase or a failure reason names some
         value = "True" if status else "False"
         prev = self.conditions.get(ctype)
         since = prev["lastTransitionTime"] if prev and prev.get("status") == value and prev.get("lastTransitionTime") else _iso(self.now)
@@ -243,77 +246,129 @@ def _retire_after_end(plan: Plan, job: TrainingJob, workers: list[PodView], stor
     plan.release.extend(p.name for p in workers if p not in gone and p.tracked)
 
 
+@dataclass
+class _Round:
+    """What every step of one ``plan`` reads, and the plan and status they add to."""
+
+    job: TrainingJob
+    body: dict[str, Any]
+    obs: Observed
+    st: _Status
+    result: Plan
+    workers: list[PodView]
+    store: list[PodView]
+    restarts: int
+    store_ready: bool = False
+    # The StoreReady condition as the round found it (before a store loss is recorded).
+    store_cond: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def spec(self) -> Any:
+        return self.job.spec
+
+    @property
+    def old(self) -> dict[str, Any]:
+        return self.st.old
+
+    @property
+    def now(self) -> datetime:
+        return self.obs.now
+
+    def fail(self, reason: str, message: str, workers: list[PodView] | None = None) -> bool:
+        """End the job Failed; ``workers``: those to retire (default all). True: the round is decided."""
+        _finish(self.result, self.st, Phase.FAILED, reason, message)
+        _retire_after_end(self.result, self.job, self.workers if workers is None else workers, self.store)
+        return True
+
+
 def plan(job: TrainingJob, body: dict[str, Any], obs: Observed) -> Plan:
-    spec = job.spec
     old = body.get("status") or {}
-    now = obs.now
-    st = _Status(old, now, body["metadata"].get("generation", 0))
-    result = Plan()
-    workers = [p for p in obs.pods if p.role == naming.ROLE_WORKER]
-    store = [p for p in obs.pods if p.role == naming.ROLE_STORE]
-    restarts = int(old.get("restarts") or 0)
-    phase = old.get("phase")
+    r = _Round(job, body, obs, _Status(old, obs.now, body["metadata"].get("generation", 0)), Plan(),
+               workers=[p for p in obs.pods if p.role == naming.ROLE_WORKER],
+               store=[p for p in obs.pods if p.role == naming.ROLE_STORE],
+               restarts=int(old.get("restarts") or 0))
+    r.store_cond = r.st.conditions.get("StoreReady") or {}
+    if old.get("phase") in TERMINAL_PHASES:
+        _finished(r)
+    else:
+        _advise(job, r.st, r.result)
+        # In order, each step either decides the round (the job is suspended, fails or succeeds: True)
+        # or leaves it to the next; a job that goes on training gets its replicas from the last.
+        for step in (_suspended, _past_deadline, _store_lost, _account_ended_workers, _image_never_pulled, _succeeded):
+            if step(r):
+                break
+        else:
+            _train(r)
+    r.result.status = r.st.build()
+    return r.result
 
-    # Finished: clean up, honour the TTL, and do nothing else.
-    if phase in TERMINAL_PHASES:
-        _retire_after_end(result, job, workers, store)
-        ttl = spec.ttl_seconds_after_finished
-        done = old.get("completionTime")
-        if ttl is not None and done and _parse_time(done) + timedelta(seconds=ttl) <= now:
-            result.delete_job = True
-        result.status = st.build()
-        return result
 
-    _advise(job, st, result)
+def _finished(r: _Round) -> None:
+    """Succeeded or Failed: clean up, honour the TTL, and do nothing else."""
+    _retire_after_end(r.result, r.job, r.workers, r.store)
+    ttl = r.spec.ttl_seconds_after_finished
+    done = r.old.get("completionTime")
+    if ttl is not None and done and _parse_time(done) + timedelta(seconds=ttl) <= r.now:
+        r.result.delete_job = True
 
-    # Suspended (by the user, or waiting for Kueue): no pods, checkpoint kept.
-    if spec.suspend or not obs.admitted:
-        reason = "Suspended" if spec.suspend else "WaitingForAdmission"
-        msg = "spec.suspend is true: pods deleted, checkpoints kept" if spec.suspend else "waiting for Kueue to admit the job"
-        _retire(result, [p for p in workers if not p.accounted or p.tracked or p.active] + store)
-        if phase != "Suspended":
-            result.events.append(("Normal", reason, msg))
-        st.set(phase="Suspended", currentReplicas=0, readyReplicas=0, worldSize=0, desiredReplicas=0)
-        st.condition("Suspended", True, reason, msg)
-        st.condition("Running", False, reason, msg)
-        if "StoreReady" in st.conditions:  # stopped on purpose: not a loss when the job resumes
-            st.condition("StoreReady", False, reason, "the rendezvous store is stopped with the job")
-        # As for a Kubernetes Job, the deadline restarts on resume.
-        st.set(startTime=None)
-        result.status = st.build()
-        return result
-    if st.conditions.get("Suspended", {}).get("status") == "True":
-        st.condition("Suspended", False, "Resumed", "spec.suspend is false")
-        result.events.append(("Normal", "Resumed", "recreating pods; training resumes from the latest checkpoint"))
 
-    # Deadline: as for a Kubernetes Job, from when the operator started the job, so
-    # waiting for capacity, images or a volume counts too.
-    start = old.get("startTime") or _iso(now)
-    st.set(startTime=start)
-    if spec.active_deadline_seconds and _parse_time(start) + timedelta(seconds=spec.active_deadline_seconds) <= now:
-        _finish(result, st, "Failed", "DeadlineExceeded", f"the job ran longer than spec.activeDeadlineSeconds={spec.active_deadline_seconds}")
-        _retire_after_end(result, job, workers, store)
-        result.status = st.build()
-        return result
+def _suspended(r: _Round) -> bool:
+    """Suspended (by the user, or waiting for Kueue): no pods, checkpoint kept. Else say it resumed, once."""
+    spec, st, result = r.spec, r.st, r.result
+    if not (spec.suspend or not r.obs.admitted):
+        if st.conditions.get("Suspended", {}).get("status") == "True":
+            st.condition("Suspended", False, "Resumed", "spec.suspend is false")
+            result.events.append(("Normal", "Resumed", "recreating pods; training resumes from the latest checkpoint"))
+        return False
+    reason = "Suspended" if spec.suspend else "WaitingForAdmission"
+    msg = "spec.suspend is true: pods deleted, checkpoints kept" if spec.suspend else "waiting for Kueue to admit the job"
+    _retire(result, [p for p in r.workers if not p.accounted or p.tracked or p.active] + r.store)
+    if r.old.get("phase") != Phase.SUSPENDED:
+        result.events.append(("Normal", reason, msg))
+    st.set(phase=Phase.SUSPENDED, currentReplicas=0, readyReplicas=0, worldSize=0, desiredReplicas=0)
+    st.condition("Suspended", True, reason, msg)
+    st.condition("Running", False, reason, msg)
+    if "StoreReady" in st.conditions:  # stopped on purpose: not a loss when the job resumes
+        st.condition("StoreReady", False, reason, "the rendezvous store is stopped with the job")
+    # As for a Kubernetes Job, the deadline restarts on resume.
+    st.set(startTime=None)
+    return True
 
-    # The rendezvous store's state is gone with its pod (node lost, container restarted): every
-    # agent drops out and its pod ends. That is one event, so it uses one restart, and the
-    # workers that end because of it (within STORE_LOSS_GRACE_SECONDS of the new store) use none.
-    store_ready = any(p.active and p.ready for p in store)
-    store_cond = st.conditions.get("StoreReady") or {}
-    if store_cond.get("status") == "True" and not store_ready:
-        restarts += 1
-        msg = "the rendezvous store was lost; agents rejoin a new store and resume from the latest checkpoint"
-        if _out_of_restarts(result, st, job, workers, store, restarts, f"{msg} ({STORE_LOST})"):
-            return result
-        st.condition("StoreReady", False, STORE_LOST, msg)
-        st.condition("Restarting", True, STORE_LOST, msg)
-        result.restart_reasons.append(STORE_LOST)
-        result.events.append(("Warning", STORE_LOST, f"{msg}; restart {restarts} of {spec.failure_policy.max_restarts}"))
-    covered_by_store_loss = _store_loss_window(st.conditions.get("StoreReady"), now)
 
-    # Account for every worker that ended badly, exactly once.
-    for p in workers:
+def _past_deadline(r: _Round) -> bool:
+    """As for a Kubernetes Job, the deadline counts from when the operator started the job, so
+    waiting for capacity, images or a volume counts too."""
+    start = r.old.get("startTime") or _iso(r.now)
+    r.st.set(startTime=start)
+    limit = r.spec.active_deadline_seconds
+    if limit and _parse_time(start) + timedelta(seconds=limit) <= r.now:
+        return r.fail("DeadlineExceeded", f"the job ran longer than spec.activeDeadlineSeconds={limit}")
+    return False
+
+
+def _store_lost(r: _Round) -> bool:
+    """The rendezvous store's state is gone with its pod (node lost, container restarted): every
+    agent drops out and its pod ends. That is one event, so it uses one restart, and the workers
+    that end because of it (within STORE_LOSS_GRACE_SECONDS of the new store) use none."""
+    r.store_ready = any(p.active and p.ready for p in r.store)
+    if r.store_cond.get("status") != "True" or r.store_ready:
+        return False
+    r.restarts += 1
+    msg = "the rendezvous store was lost; agents rejoin a new store and resume from the latest checkpoint"
+    if _out_of_restarts(r, r.workers, f"{msg} ({STORE_LOST})"):
+        return True
+    r.st.condition("StoreReady", False, STORE_LOST, msg)
+    r.st.condition("Restarting", True, STORE_LOST, msg)
+    r.result.restart_reasons.append(STORE_LOST)
+    r.result.events.append(("Warning", STORE_LOST, f"{msg}; restart {r.restarts} of {r.spec.failure_policy.max_restarts}"))
+    return False
+
+
+def _account_ended_workers(r: _Round) -> bool:
+    """Account for every worker that ended badly, exactly once: a restart, or the job's failure."""
+    spec, st, result = r.spec, r.st, r.result
+    covered_by_store_loss = _store_loss_window(st.conditions.get("StoreReady"), r.now)
+    for p in r.workers:
         if p.phase == "Succeeded" and p.tracked:
             result.release.append(p.name)
         if not p.ended_badly or p.accounted:
@@ -325,61 +380,67 @@ def plan(job: TrainingJob, body: dict[str, Any], obs: Observed) -> Plan:
             result.events.append(("Normal", "EndedWithTheStore", f"worker {p.name} ended after the rendezvous store was lost "
                                                                   f"({failure.reason}); counted in that restart"))
             continue
+        others = [w for w in r.workers if w is not p]
         if not failure.retryable(spec.failure_policy.retry_on):
-            msg = f"worker {p.name}: {failure.reason}: {failure.message} (not in spec.failurePolicy.retryOn)"
-            _finish(result, st, "Failed", failure.reason, msg)
-            _retire_after_end(result, job, [w for w in workers if w is not p], store)
-            result.status = st.build() | {"restarts": restarts}
-            return result
-        restarts += 1
-        if _out_of_restarts(result, st, job, [w for w in workers if w is not p], store, restarts,
-                            f"worker {p.name}: {failure.reason}: {failure.message}"):
-            return result
+            st.set(restarts=r.restarts)
+            return r.fail(failure.reason, f"worker {p.name}: {failure.reason}: {failure.message} (not in spec.failurePolicy.retryOn)",
+                          others)
+        r.restarts += 1
+        if _out_of_restarts(r, others, f"worker {p.name}: {failure.reason}: {failure.message}"):
+            return True
         result.restart_reasons.append(failure.reason)
         st.condition("Restarting", True, failure.reason, f"worker {p.name}: {failure.message}")
-        result.events.append(("Warning", failure.reason, f"worker {p.name} ended: {failure.message}; restart {restarts} of {spec.failure_policy.max_restarts}"))
-    st.set(restarts=restarts)
+        result.events.append(("Warning", failure.reason, f"worker {p.name} ended: {failure.message}; "
+                                                         f"restart {r.restarts} of {spec.failure_policy.max_restarts}"))
+    st.set(restarts=r.restarts)
     # Pods on a lost node (accounted above) go now, the store's too: their replacements are created this round.
-    result.lost = [p.name for p in obs.pods if p.node_lost is not None and not p.deleting]
+    result.lost = [p.name for p in r.obs.pods if p.node_lost is not None and not p.deleting]
     result.delete.extend(result.lost)
+    return False
 
-    # Image pull problems that persist are configuration errors.
-    for p in workers:
+
+def _image_never_pulled(r: _Round) -> bool:
+    """Image pull problems that persist are configuration errors."""
+    for p in r.workers:
         problem = image_pull_problem(p.body) if p.active else None
-        if problem and p.created and (now - p.created).total_seconds() > IMAGE_PULL_GRACE_SECONDS:
-            _finish(result, st, "Failed", problem.reason, f"worker {p.name}: {problem.message}")
-            _retire_after_end(result, job, workers, store)
-            result.status = st.build()
-            return result
+        if problem and p.created and (r.now - p.created).total_seconds() > IMAGE_PULL_GRACE_SECONDS:
+            return r.fail(problem.reason, f"worker {p.name}: {problem.message}")
+    return False
 
-    active = [p for p in workers if p.active]
+
+def _succeeded(r: _Round) -> bool:
+    """Training finished when agents exited 0 and none is left running (until then, it runs)."""
+    if not any(p.phase == "Succeeded" for p in r.workers):
+        return False
+    active = [p for p in r.workers if p.active]
+    if not active:
+        _finish(r.result, r.st, Phase.SUCCEEDED, "TrainingFinished", _finished_message(r.workers))
+        _retire_after_end(r.result, r.job, r.workers, r.store)
+    else:
+        r.st.set(phase=Phase.RUNNING, currentReplicas=len(active), readyReplicas=sum(p.ready for p in active))
+    return True
+
+
+def _train(r: _Round) -> None:
+    """Pending, Running, Scaling or Restarting: the store, the replicas that fit, and the phase they make."""
+    spec, st, result, obs, now = r.spec, r.st, r.result, r.obs, r.now
+    active = [p for p in r.workers if p.active]
     ready = [p for p in active if p.ready]
-    succeeded = [p for p in workers if p.phase == "Succeeded"]
-
-    # Success: training finished when agents exited 0 and none is left running.
-    if succeeded:
-        if not active:
-            _finish(result, st, "Succeeded", "TrainingFinished", _finished_message(workers))
-            _retire_after_end(result, job, workers, store)
-        else:
-            st.set(phase="Running", currentReplicas=len(active), readyReplicas=len(ready))
-        result.status = st.build()
-        return result
 
     # The store and its Service come first: agents cannot rendezvous without them.
     result.create_service = not obs.service_exists
-    live_store = [p for p in store if p.active]
+    live_store = [p for p in r.store if p.active]
     # Not while an object the pods refer to is missing: the store shares the job's ServiceAccount,
     # and admission would refuse it every round.
     result.create_store = not live_store and not obs.missing
-    _retire(result, [p for p in store if not p.active and p.phase != "Pending"])
+    _retire(result, [p for p in r.store if not p.active and p.phase != "Pending"])
 
-    desired, reason, message = _desired_replicas(job, obs, active, st)
+    desired, reason, message = _desired_replicas(r.job, obs, active, st)
     nproc = spec.container.nproc()
 
     occupied = {p.slot for p in active}
     next_attempt: dict[int, int] = {}
-    for p in workers:
+    for p in r.workers:
         next_attempt[p.slot] = max(next_attempt.get(p.slot, 0), p.attempt + 1)
     free = [s for s in range(spec.replicas.max) if s not in occupied]
     to_add = max(desired - len(active), 0)
@@ -389,7 +450,7 @@ def plan(job: TrainingJob, body: dict[str, Any], obs: Observed) -> Plan:
     held_since = _false_since(st, "Schedulable")
     bound = [p for p in active if p.node]
     if desired < spec.replicas.min and bound and held_since:
-        spread = (zlib.crc32(body["metadata"].get("uid", job.metadata.name).encode()) % 1000) / 1000.0
+        spread = (zlib.crc32(r.body["metadata"].get("uid", r.job.metadata.name).encode()) % 1000) / 1000.0
         if (now - held_since).total_seconds() > GANG_RELEASE_SECONDS * (1 + spread):
             _retire(result, active)
             result.create_workers = []
@@ -410,7 +471,7 @@ def plan(job: TrainingJob, body: dict[str, Any], obs: Observed) -> Plan:
     _allocated(obs.target, st, result)
 
     current = len(active) + len(result.create_workers)
-    prev_desired = old.get("desiredReplicas")
+    prev_desired = r.old.get("desiredReplicas")
     if prev_desired is not None and prev_desired != desired:
         st.set(lastScaling={"time": _iso(now), "fromReplicas": prev_desired, "toReplicas": desired, "reason": reason})
         result.scaling_reason = reason
@@ -423,45 +484,38 @@ def plan(job: TrainingJob, body: dict[str, Any], obs: Observed) -> Plan:
         currentReplicas=current,
         readyReplicas=len(ready),
         worldSize=len(ready) * nproc,
-        selector=naming.worker_selector(job.metadata.name),
-        rendezvousId=body["metadata"].get("uid"),
+        selector=naming.worker_selector(r.job.metadata.name),
+        rendezvousId=r.body["metadata"].get("uid"),
     )
-    if store_ready:
+    if r.store_ready:
         # "Recovered" stays while it serves: its lastTransitionTime bounds the store-loss grace period.
-        recovered = store_cond.get("reason") in (STORE_LOST, "Recovered")
+        recovered = r.store_cond.get("reason") in (STORE_LOST, "Recovered")
         st.condition("StoreReady", True, "Recovered" if recovered else "Serving", "the rendezvous store is serving")
     elif "StoreReady" not in st.conditions or st.conditions["StoreReady"]["reason"] != STORE_LOST:
         st.condition("StoreReady", False, "Starting", "the rendezvous store is starting")
-    running = len(ready) >= spec.replicas.min and store_ready
-    if running:
+    if len(ready) >= spec.replicas.min and r.store_ready:
         was = st.old_condition("Running")
         # Never trained before: no restart, no suspension, not running already.
-        result.first_running = (not (was and was.get("status") == "True") and restarts == 0
-                                and "Suspended" not in {c.get("type") for c in old.get("conditions") or []})
-        new_phase = "Running" if len(ready) == current else "Scaling"
+        result.first_running = (not (was and was.get("status") == "True") and r.restarts == 0
+                                and "Suspended" not in {c.get("type") for c in r.old.get("conditions") or []})
+        phase = Phase.RUNNING if len(ready) == current else Phase.SCALING
         st.condition("Running", True, "Training", f"{len(ready)} replicas, world size {len(ready) * nproc}")
         if st.conditions.get("Restarting", {}).get("status") == "True" and len(ready) == current:
             st.condition("Restarting", False, "Training", "training at a stable world size")
     else:
-        new_phase = "Restarting" if restarts else "Pending"
+        phase = Phase.RESTARTING if r.restarts else Phase.PENDING
         st.condition("Running", False, reason, message)
     st.condition("Scaling", len(ready) != current, reason, message)
-    st.set(phase=new_phase)
-    result.status = st.build()
-    return result
+    st.set(phase=phase)
 
 
-def _out_of_restarts(result: Plan, st: _Status, job: TrainingJob, workers: list[PodView], store: list[PodView],
-                     restarts: int, last: str) -> bool:
-    """Past spec.failurePolicy.maxRestarts: fail the job (and say so in ``result``); else False."""
-    cap = job.spec.failure_policy.max_restarts
-    if restarts <= cap:
+def _out_of_restarts(r: _Round, workers: list[PodView], last: str) -> bool:
+    """Past spec.failurePolicy.maxRestarts: fail the job, retiring ``workers``; else False."""
+    cap = r.spec.failure_policy.max_restarts
+    if r.restarts <= cap:
         return False
-    _finish(result, st, "Failed", "RestartLimitExceeded",
-            f"restart limit spec.failurePolicy.maxRestarts={cap} exceeded; last failure: {last}")
-    _retire_after_end(result, job, workers, store)
-    result.status = st.build() | {"restarts": restarts}
-    return True
+    r.st.set(restarts=r.restarts)
+    return r.fail("RestartLimitExceeded", f"restart limit spec.failurePolicy.maxRestarts={cap} exceeded; last failure: {last}", workers)
 
 
 def _store_loss_window(cond: dict[str, Any] | None, now: datetime) -> bool:
