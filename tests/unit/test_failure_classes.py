@@ -1,0 +1,74 @@
+"""How a pod's end is classified on a real kubelet, and what the planner does with it (pure)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from kubetrain.api.manifests import parse_trainingjob
+from kubetrain.operator import naming
+from kubetrain.operator.failures import classify
+from kubetrain.operator.planner import Observed, PodView, plan
+
+NOW = datetime(2026, 11, 30, 15, 0, tzinfo=timezone.utc)
+
+
+def _job(**spec):
+    base = {"replicas": {"min": 1, "max": 2}}
+    base.update(spec)
+    return parse_trainingjob({"apiVersion": "kubetrain.dev/v1alpha1", "kind": "TrainingJob",
+                              "metadata": {"name": "j", "namespace": "ns"}, "spec": base})
+
+
+def _body(status=None):
+    return {"metadata": {"name": "j", "namespace": "ns", "uid": "u-1", "generation": 1}, "status": status or {}}
+
+
+def _pod(slot=0, role="worker", phase="Running", ready=True, deleting=False, state=None, created=NOW - timedelta(minutes=5)):
+    """A pod as a real kubelet reports it; ``state`` is the trainer container's state (running if None)."""
+    name = naming.worker_pod_name("j", slot, 0) if role == naming.ROLE_WORKER else naming.store_name("j")
+    container = "trainer" if role == naming.ROLE_WORKER else "store"
+    meta = {"name": name, "creationTimestamp": created.isoformat(),
+            "labels": {naming.LABEL_JOB: "j", naming.LABEL_ROLE: role, naming.LABEL_SLOT: str(slot), naming.LABEL_ATTEMPT: "0"},
+            "finalizers": [naming.TRACKING_FINALIZER] if role == naming.ROLE_WORKER else []}
+    if deleting:
+        meta["deletionTimestamp"] = NOW.isoformat()
+    status = {"phase": phase, "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+              "containerStatuses": [{"name": container, "state": state or {"running": {}}}]}
+    return {"metadata": meta, "spec": {"nodeName": "kubetrain-node"}, "status": status}
+
+
+KILLED = {"terminated": {"exitCode": 137, "reason": "Error", "message": "W1130 torch.distributed.elastic ... Signals.SIGKILL"}}
+RUNNING = {"phase": "Running", "desiredReplicas": 2, "restarts": 0, "startTime": "2026-11-30T14:00:00Z",
+           "conditions": [{"type": "StoreReady", "status": "True", "reason": "Serving", "lastTransitionTime": "2026-11-30T14:00:00Z"}]}
+
+
+def test_a_force_deleted_worker_is_a_lost_pod_whether_or_not_the_kubelet_reported_the_kill():
+    before_kill = classify(_pod(deleting=True))
+    after_kill = classify(_pod(phase="Failed", ready=False, deleting=True, state=KILLED))
+    assert before_kill.reason == after_kill.reason == "NodeLost"
+    assert after_kill.exit_code == 137 and "deleted" in after_kill.message
+
+
+def test_exit_137_without_a_deletion_stays_unknown():
+    # The kill came from inside the pod (or an unknown cause): not a lost pod.
+    assert classify(_pod(phase="Failed", ready=False, state=KILLED)).reason == "Unknown"
+
+
+def test_the_trainers_own_reason_wins_over_the_deletion():
+    preempted = {"terminated": {"exitCode": 143, "message": "Preempted: checkpointed at step 40 on SIGTERM"}}
+    assert classify(_pod(phase="Failed", ready=False, deleting=True, state=preempted)).reason == "Preempted"
+    oom = {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}
+    assert classify(_pod(phase="Failed", ready=False, deleting=True, state=oom)).reason == "OOMKilled"
+
+
+def test_a_force_deleted_worker_uses_one_restart_and_is_replaced():
+    store = PodView.from_body(_pod(role=naming.ROLE_STORE))
+    lost = PodView.from_body(_pod(1, phase="Failed", ready=False, deleting=True, state=KILLED))
+    p = plan(_job(), _body(RUNNING), Observed(pods=[store, PodView.from_body(_pod(0)), lost], now=NOW))
+    assert p.status["phase"] != "Failed" and p.status["restarts"] == 1 and p.restart_reasons == ["NodeLost"]
+    assert lost.name in p.release and p.create_workers == [(1, 1)]
+    # With no restart left the same loss ends the job, naming it.
+    capped = plan(_job(failurePolicy={"maxRestarts": 0}), _body(RUNNING),
+                  Observed(pods=[store, PodView.from_body(_pod(0)), lost], now=NOW))
+    failed = next(c for c in capped.status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "RestartLimitExceeded" and "NodeLost" in failed["message"]
