@@ -10,7 +10,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from kubetrain.api.models import GROUP, PLURAL, VERSION
-from kubetrain.operator import naming
+from kubetrain.operator import kueue, naming
 
 log = logging.getLogger("kubetrain.operator")
 
@@ -142,3 +142,68 @@ class Kube:
     def job_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
         pods = self.core.list_namespaced_pod(namespace, label_selector=f"{naming.LABEL_JOB}={job}")
         return [self.core.api_client.sanitize_for_serialization(p) for p in pods.items]
+
+    # -- Kueue (only with kueue.enabled: the Workload CRD exists) ------------------------------
+
+    def get_workload(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self.custom.get_namespaced_custom_object(kueue.GROUP, kueue.VERSION, namespace, kueue.PLURAL, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def create_workload(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Create a Workload, or return the one an earlier attempt (or operator) created."""
+        ns, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
+        try:
+            return self.custom.create_namespaced_custom_object(kueue.GROUP, kueue.VERSION, ns, kueue.PLURAL, manifest)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+        found = self.get_workload(ns, name)
+        if found is None:
+            raise ApiException(status=409, reason=f"Workload {name} was deleted while being created")
+        return found
+
+    def set_workload_active(self, namespace: str, name: str, active: bool) -> None:
+        self.custom.patch_namespaced_custom_object(kueue.GROUP, kueue.VERSION, namespace, kueue.PLURAL, name,
+                                                   {"spec": {"active": active}})
+
+    def replace_workload_status(self, workload: dict[str, Any], status: dict[str, Any]) -> None:
+        """Write a Workload's whole status, if it did not change since ``workload`` was read (a 409
+        otherwise: the reconcile retries with a fresh read, never overwriting what Kueue wrote)."""
+        meta = workload["metadata"]
+        body = {"apiVersion": kueue.API_VERSION, "kind": "Workload", "metadata": {
+            "name": meta["name"], "namespace": meta["namespace"], "resourceVersion": meta["resourceVersion"]},
+            "spec": workload["spec"], "status": status}
+        self.custom.replace_namespaced_custom_object_status(kueue.GROUP, kueue.VERSION, meta["namespace"], kueue.PLURAL,
+                                                            meta["name"], body)
+
+    def job_workloads(self, namespace: str, job: str) -> list[dict[str, Any]]:
+        return self.custom.list_namespaced_custom_object(kueue.GROUP, kueue.VERSION, namespace, kueue.PLURAL,
+                                                         label_selector=f"{naming.LABEL_JOB}={job}")["items"]
+
+    def delete_workload(self, namespace: str, name: str) -> None:
+        try:
+            self.custom.delete_namespaced_custom_object(kueue.GROUP, kueue.VERSION, namespace, kueue.PLURAL, name)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def resource_flavor(self, name: str) -> dict[str, Any]:
+        """A ResourceFlavor's spec; empty if it is gone (then it adds nothing to the pods)."""
+        try:
+            return self.custom.get_cluster_custom_object(kueue.GROUP, kueue.VERSION, kueue.FLAVORS, name).get("spec") or {}
+        except ApiException as exc:
+            if exc.status == 404:
+                return {}
+            raise
+
+    def priority_class_value(self, name: str) -> int | None:
+        try:
+            return int(client.SchedulingV1Api(self.api).read_priority_class(name).value)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise

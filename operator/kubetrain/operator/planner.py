@@ -10,8 +10,10 @@ is idempotent (a 409 means it already happened).
 
 from __future__ import annotations
 
+import copy
 import enum
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -63,7 +65,8 @@ class PodView:
         return self.phase == "Failed" or ((self.deleting or self.node_lost is not None) and self.phase != "Succeeded")
 
     @classmethod
-    def from_body(cls, body: dict[str, Any]) -> "PodView":
+    def from_body(cls, body: Mapping[str, Any]) -> "PodView":
+        """From a pod (a plain dict or Kopf's body: nothing of it is kept but copies)."""
         meta = body["metadata"]
         labels = meta.get("labels") or {}
         status = body.get("status") or {}
@@ -88,8 +91,24 @@ class PodView:
             tracked=naming.TRACKING_FINALIZER in (meta.get("finalizers") or []),
             unschedulable=unschedulable,
             created=_parse_time(created) if isinstance(created, str) else created,
-            body=body,
+            body=_essentials(body),
         )
+
+
+def _essentials(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What ``classify``, ``image_pull_problem`` and the throughput reader read of a pod, copied: the index
+    keeps this, not the pod's spec, environment and managedFields (most of its size, at 1,000 jobs most of
+    the operator's memory)."""
+    meta, status = body["metadata"], body.get("status") or {}
+    kept: dict[str, Any] = {k: status[k] for k in ("reason", "message", "podIP") if status.get(k)}
+    disrupted = [dict(c) for c in status.get("conditions") or [] if c.get("type") == "DisruptionTarget"]
+    if disrupted:
+        kept["conditions"] = disrupted
+    containers = [{k: copy.deepcopy(c[k]) for k in ("name", "state", "lastState") if k in c}
+                  for c in status.get("containerStatuses") or []]
+    if containers:
+        kept["containerStatuses"] = containers
+    return {"metadata": {k: meta[k] for k in ("name", "deletionTimestamp") if meta.get(k)}, "status": kept}
 
 
 def _int_label(labels: dict[str, str], key: str, default: int) -> int:
@@ -129,6 +148,10 @@ class Observed:
     # Objects the pods refer to that do not exist: (kind, name, the spec field naming it).
     missing: tuple[tuple[str, str, str], ...] = ()
     admitted: bool = True  # False while a Kueue-queued job waits for admission
+    # With Kueue (operator/kueue.py): the workers its admission allows (None: no cap), and why a job
+    # that is not admitted waits (reason, message), for its Suspended condition.
+    admitted_replicas: int | None = None
+    waiting: tuple[str, str] | None = None
     # The goodput allocator's replicas for an opted-in job; None: the job is not managed (grows to max).
     target: Target | None = None
 
@@ -322,6 +345,8 @@ def _suspended(r: _Round) -> bool:
         return False
     reason = "Suspended" if spec.suspend else "WaitingForAdmission"
     msg = "spec.suspend is true: pods deleted, checkpoints kept" if spec.suspend else "waiting for Kueue to admit the job"
+    if r.obs.waiting and not spec.suspend:
+        reason, msg = r.obs.waiting
     _retire(result, [p for p in r.workers if not p.accounted or p.tracked or p.active] + r.store)
     if r.old.get("phase") != Phase.SUSPENDED:
         result.events.append(("Normal", reason, msg))
@@ -620,10 +645,15 @@ def _desired_replicas(job: TrainingJob, obs: Observed, active: list[PodView], st
         possible = len(active) - len(unschedulable) + obs.placeable
     # An opted-in job runs what the goodput allocator gives it (never below min), if it fits.
     cap = hi if obs.target is None else min(max(obs.target.replicas, lo), hi)
+    if obs.admitted_replicas is not None:
+        cap = min(cap, max(obs.admitted_replicas, lo))
     desired = max(min(possible, cap), 0)
     if desired >= lo:
         reason = "CapacityAvailable" if desired == hi else "PartialCapacity"
         msg = f"{desired} of max {hi} replicas fit now"
+        if obs.admitted_replicas is not None and desired == obs.admitted_replicas < hi:
+            reason, msg = "KueueAdmission", (f"Kueue admitted {desired} of max {hi} replicas; "
+                                             "growing past them waits for a new admission")
         if obs.target is not None and desired == cap:
             reason, msg = "GoodputAllocation", f"the goodput allocator gives it {cap} of {lo}..{hi} replicas: {obs.target.message}"
         st.condition("Schedulable", True, reason, msg)

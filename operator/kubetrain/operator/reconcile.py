@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from kubetrain.api.base import format_errors
 from kubetrain.api.models import TrainingJob
 from kubetrain.contract.vocabulary import ACTIVE_PHASES, TERMINAL_PHASES, Phase
-from kubetrain.operator import allocation, builders, capacity, naming, planner
+from kubetrain.operator import allocation, builders, capacity, kueue, naming, planner, workloads
 from kubetrain.operator import nodes as node_loss
 from kubetrain.operator.kube import Kube
 from kubetrain.operator.metrics import OperatorMetrics
@@ -77,18 +77,26 @@ def reconcile_job(body: kopf.Body | dict[str, Any], patch: kopf.Patch, runtime: 
         return
     with state.lock:
         job = parse(raw, body, runtime, state, post)
-        if job is None or hold_for_queue(raw, job, patch):
+        # With Kueue running, its Workload admits a queued job (workloads.py), not spec.suspend.
+        if job is None or (not runtime.config.kueue and hold_for_queue(raw, job, patch)):
             return
         started = time.monotonic()
         # Our last write may not be in this body yet: never step status backwards.
         raw["status"] = {**(raw.get("status") or {}), **state.status}
         try:
+            adm = workloads.before(job, raw, runtime, state) if workloads.queued(job, raw, runtime) else None
+            if adm is not None:
+                job = workloads.placed(job, state)
             obs = observe(job, raw, runtime, idx, state)
+            if adm is not None:
+                obs = workloads.observed(obs, adm)
             result, planned = decide(job, raw, obs, idx, runtime.reservations)
             refused = execute_or_refused(result, planned, job, raw, runtime, state)
             planner.record_create_failure(result, raw["status"], refused, obs.now)
             reflect_throughput(job, raw, obs, result, runtime.throughput)
             write_status(raw, result, runtime.kube, state)
+            if adm is not None:
+                result.events += workloads.after(job, raw, obs, result, adm, runtime, state)
             report_to_allocator(job, raw, obs, result, runtime, idx)
         except ApiException as exc:
             runtime.metrics.reconcile_errors.inc()
@@ -277,10 +285,11 @@ def execute(plan: planner.Plan, job: TrainingJob, body: dict[str, Any], runtime:
     if plan.create_service:
         _create(kube, builders.store_service(job, body))
         state.exists["service"] = time.monotonic()
+    # Under Kueue, each role's pods carry the node labels and tolerations of the flavors it was admitted with.
     if plan.create_store:
-        _create(kube, builders.store_pod(job, body, build))
+        _create(kube, kueue.place(builders.store_pod(job, body, build), state.placement.get(naming.ROLE_STORE)))
     for slot, attempt in plan.create_workers:
-        _create(kube, builders.worker_pod(job, body, slot, attempt, build))
+        _create(kube, kueue.place(builders.worker_pod(job, body, slot, attempt, build), state.placement.get(naming.ROLE_WORKER)))
     raced: set[str] = set()
     for name in dict.fromkeys(plan.release):
         # Only a done release hides the pod from the next round. One that raced a change
@@ -383,6 +392,7 @@ def finalize(runtime: OperatorRuntime, namespace: str, name: str) -> None:
     for pod in kube.job_pods(namespace, name):
         kube.release(namespace, pod["metadata"]["name"])
         kube.delete_pod(namespace, pod["metadata"]["name"])
+    workloads.finish_deleted(runtime, namespace, name)
     runtime.forget(namespace, name)
 
 

@@ -103,6 +103,12 @@ class JobMemo:
     last_reconcile: float | None = None
     # The job's first Running is recorded (the time-to-Running histogram observes it once).
     ran: bool = False
+    # Kueue (workloads.py): the Workload this round read, the admitted flavors' placement per role
+    # (read once per admission: placement_key is that admission's flavors), whether the last round saw it admitted.
+    workload: dict[str, Any] | None = None
+    placement: dict[str, Any] = field(default_factory=dict)
+    placement_key: str | None = None
+    admission_seen: bool = False
     # Create, update, resume and the timer run in Kopf's worker threads: one reconcile of a job at a time.
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 

@@ -43,6 +43,9 @@ class OperatorConfig:
     goodput_interval_seconds: float = 60.0
     goodput_min_dwell_seconds: float = 180.0
     goodput_restart_seconds: float = 25.0
+    # A Kueue runs in the cluster (Helm value kueue.enabled): a queued job gets a Workload and runs
+    # only while Kueue admits it (docs/kueue.md). Off: it waits suspended until spec.suspend turns false.
+    kueue: bool = False
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "OperatorConfig":
@@ -62,4 +65,5 @@ class OperatorConfig:
             goodput_interval_seconds=float(env.get("KUBETRAIN_GOODPUT_INTERVAL", "60")),
             goodput_min_dwell_seconds=float(env.get("KUBETRAIN_GOODPUT_MIN_DWELL", "180")),
             goodput_restart_seconds=float(env.get("KUBETRAIN_GOODPUT_RESTART_SECONDS", "25")),
+            kueue=env.get("KUBETRAIN_KUEUE", "false").lower() == "true",
         )
