@@ -21,11 +21,12 @@ from kubetrain.api.models import TrainingJob
 from kubetrain.api.sweep import TrainingSweep
 from kubetrain.operator import naming
 from kubetrain.trainer_env import contract_for
-from kubetrain.tuning.space import InvalidTrial, as_strings, trial_spec
+from kubetrain.tuning import pbt
+from kubetrain.tuning.space import InvalidTrial, as_strings
 from kubetrain.tuning.status import trial_status
 from kubetrain.tuning.study import SweepStudy
 from kubetrain.tuning.reports import ObjectiveReports, report_interval
-from kubetrain.tuning.trials import TrialRecord, thin
+from kubetrain.tuning.trials import TrialRecord, thin, trial_job
 
 # Local trials run one replica each: a sweep's parallelism, not its trials' elasticity, uses the cores.
 LOCAL_TRIAL_REPLICAS = 1
@@ -38,6 +39,7 @@ class _Running:
     job: object  # kubetrain_trainer.local.LocalJob
     reports: ObjectiveReports
     started: float
+    max_steps: int  # the trial's own (a PBT trial stops at the end of its generation)
 
 
 def _line(rec: TrialRecord, objective_step: int | None) -> str:
@@ -58,15 +60,24 @@ class SweepResult:
 
 def run_sweep(sweep: TrainingSweep, *, workdir: str | Path | None = None, out: TextIO | None = None,
               max_trials: int | None = None, parallelism: int | None = None) -> SweepResult:
-    """Run ``sweep`` locally, trial by trial, ``parallelism`` at a time."""
+    """Run ``sweep`` locally, trial by trial, ``parallelism`` at a time.
+
+    Trials keep their checkpoints under one root (``<workdir>/checkpoints/<namespace>/<trial>``, as on one
+    volume in a cluster), so a population-based-training trial starts from another's as it would there."""
     from kubetrain_trainer.local import RUN_STOP_SIGNALS, LocalJob
     from kubetrain_trainer.stop_flag import StopFlag
 
     out = out or sys.stdout
     spec = sweep.spec
     work = Path(workdir or tempfile.mkdtemp(prefix=f"kubetrain-sweep-{sweep.metadata.name}-"))
-    budget = max_trials or spec.max_trials
+    if max_trials:
+        spec = spec.model_copy(update={"max_trials": max_trials})
+        sweep = sweep.model_copy(update={"spec": spec})
+    is_pbt = spec.algorithm.type == "pbt"
+    budget = pbt.total_trials(spec) if is_pbt else spec.max_trials
     width = parallelism or spec.parallelism
+    body = {"metadata": {"name": sweep.metadata.name, "namespace": "default", "uid": sweep.metadata.name}}
+    seed_key = str(spec.algorithm.seed) if spec.algorithm.seed is not None else sweep.metadata.name
     study = SweepStudy.rebuild(spec, [], name=sweep.metadata.name)
     records: dict[int, TrialRecord] = {}
     running: dict[int, _Running] = {}
@@ -85,25 +96,42 @@ def run_sweep(sweep: TrainingSweep, *, workdir: str | Path | None = None, out: T
     with stop.installed():
         next_number = 0
         failed = 0
-        while (next_number < budget or running) and not stop.requested:
+        # Until the budget is spent or too many trials failed, and what runs has ended.
+        while ((next_number < budget and failed <= spec.max_failed_trials) or running) and not stop.requested:
             # Fill the free slots.
             while len(running) < width and next_number < budget and failed <= spec.max_failed_trials:
+                origin = ""
+                if is_pbt:
+                    try:
+                        nxt = pbt.next_trial(spec, next_number, records, seed_key, study.ask)
+                    except LookupError as exc:
+                        failed = spec.max_failed_trials + 1
+                        print(f"kubetrain sweep: {exc}", file=out, flush=True)
+                        break
+                    if nxt is None:
+                        break  # the previous generation is still training
+                    values, extra = nxt.params, {"max_steps": nxt.max_steps, "parent": nxt.parent, "exploited": nxt.exploited}
+                    if nxt.parent is not None:
+                        origin = f" from trial {nxt.parent.number}" + (" (exploited, perturbed)" if nxt.exploited else "")
+                else:
+                    values, extra = study.ask(next_number), {}
                 number, next_number = next_number, next_number + 1
-                values = study.ask(number)
                 rec = records[number] = TrialRecord(number, naming.trial_name(sweep.metadata.name, number), "Pending", values)
                 try:
-                    job_spec = trial_spec(spec.template.spec, spec.parameters, values)
+                    manifest = trial_job(sweep, body, number, values, **extra)
                 except InvalidTrial as exc:
-                    study.fail(number)
+                    if number in study.trial_of:
+                        study.fail(number)
                     failed += 1
                     settle(rec, "Failed", str(exc))
                     continue
-                job = TrainingJob(metadata={"name": rec.job}, spec=job_spec)
-                contract = contract_for(job, str(work / rec.job / "checkpoints"))
+                job = TrainingJob(metadata={"name": rec.job}, spec=manifest["spec"])
+                contract = contract_for(job, str(work / "checkpoints"))
                 local = LocalJob(contract, replicas=LOCAL_TRIAL_REPLICAS, max_restarts=0, workdir=work / rec.job)
                 local.start()
-                running[number] = _Running(rec, local, ObjectiveReports(report_interval(sweep)), time.monotonic())
-                settle(rec, "Running")
+                running[number] = _Running(rec, local, ObjectiveReports(report_interval(sweep)), time.monotonic(),
+                                           job.spec.trainer.max_steps)
+                settle(rec, "Running", origin.strip() or None)
             time.sleep(POLL_SECONDS)
             for number, run in list(running.items()):
                 rec, st = run.record, run.job.status() or {}
@@ -111,7 +139,7 @@ def run_sweep(sweep: TrainingSweep, *, workdir: str | Path | None = None, out: T
                 if st.get("step") is not None and st.get(metric) is not None:
                     new = run.reports.observe(int(st["step"]), float(st[metric]))
                     rec.values = thin({**rec.values, **new})
-                if new and study.should_prune(number, new):
+                if new and number in study.trial_of and study.should_prune(number, new):
                     step = max(rec.values)
                     run.job.stop()
                     saved_steps += spec.template.spec.trainer.max_steps - step
@@ -123,15 +151,17 @@ def run_sweep(sweep: TrainingSweep, *, workdir: str | Path | None = None, out: T
                     continue
                 run.job.stop()
                 codes = set(run.job.poll().values())
-                if codes == {0} and st.get("step") == spec.template.spec.trainer.max_steps and st.get(metric) is not None:
+                if codes == {0} and st.get("step") == run.max_steps and st.get(metric) is not None:
                     # The last step's value is the trial's own result, not a mean over the last reports.
                     rec.values = thin({**rec.values, int(st["step"]): float(st[metric])})
                     final = rec.value_at(spec.objective.step)
-                    study.completed(number, final[1])
+                    if number in study.trial_of:
+                        study.completed(number, final[1])
                     settle(rec, "Succeeded")
                 else:
                     failed += 1
-                    study.fail(number)
+                    if number in study.trial_of:
+                        study.fail(number)
                     messages = "; ".join(m for m in run.job.termination_messages().values() if m)[:300]
                     settle(rec, "Failed", f"exit codes {sorted(c for c in codes if c is not None)}: {messages}")
                 del running[number]
@@ -139,7 +169,7 @@ def run_sweep(sweep: TrainingSweep, *, workdir: str | Path | None = None, out: T
             run.job.stop()
             settle(run.record, "Failed", "stopped with the sweep")
 
-    best_record = study.best(list(records.values()))
+    best_record = pbt.best(spec, list(records.values())) if is_pbt else study.best(list(records.values()))
     summary = trial_status(list(records.values()), best_record, spec.objective.step)
     counts = summary["trials"]
     print(f"kubetrain sweep: done in {time.monotonic() - started:.0f}s: " + ", ".join(f"{k} {v}" for k, v in counts.items() if v)

@@ -41,6 +41,8 @@ def contract_for(job: TrainingJob, checkpoint_root: str = CHECKPOINT_MOUNT) -> T
     )
     if ckpt:
         fields.update(checkpoint_interval_steps=ckpt.interval_steps, checkpoint_keep=ckpt.keep)
+        if ckpt.init_from:
+            fields.update(init_checkpoint_dir=f"{checkpoint_root.rstrip('/')}/{ckpt.init_from}")
     if psgd:
         fields.update(
             powersgd_rank=psgd.rank,

@@ -22,7 +22,13 @@ def test_the_example_sweep_validates_with_its_defaults():
     assert s.spec.template.spec.trainer.max_steps == 300
     assert (s.spec.objective.metric, s.spec.objective.goal) == ("loss", "minimize")
     assert s.spec.early_stopping.type == "asha" and s.spec.parallelism == 2
-    assert SWEEP_EXAMPLES == [REPO / "examples" / "sweep.yaml"]
+    assert SWEEP_EXAMPLES == [REPO / "examples" / "sweep-pbt.yaml", REPO / "examples" / "sweep.yaml"]
+
+
+def test_the_pbt_example_validates_with_its_population_and_generations():
+    (s,) = load_sweeps(REPO / "examples" / "sweep-pbt.yaml")
+    assert s.spec.algorithm.type == "pbt" and s.spec.algorithm.pbt.interval_steps == 100
+    assert sweep.pbt_generations(s.spec) == 3 and s.spec.max_trials == 4
 
 
 @pytest.mark.parametrize("name,manifest,field", VARIANTS, ids=[v[0] for v in VARIANTS])

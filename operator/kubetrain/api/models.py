@@ -495,6 +495,14 @@ class CheckpointSpec(ApiModel):
     )
     interval_steps: int = Field(100, ge=1, description="Save every this many steps (and on SIGTERM).")
     keep: int = Field(2, ge=1, le=100, description="Complete checkpoints to keep; older ones are deleted.")
+    init_from: str = Field(
+        "",
+        max_length=1024,
+        pattern=r"^([A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*)?$",
+        description="Another job's checkpoint directory in the same volume to start from while this job has no "
+        "checkpoint of its own: its model, optimizer state and step, with this job's learning rate (a "
+        "population-based-training trial continuing a better trial). Empty: start fresh.",
+    )
 
     cel_rules = (
         Rule(

@@ -136,9 +136,13 @@ class Objective(ApiModel):
 
 
 class PBTSpec(ApiModel):
-    """Population-based training: the bottom trials copy a top trial's checkpoint, perturb, and resume."""
+    """Population-based training: the bottom trials copy a top trial's checkpoint, perturb, and resume.
 
-    interval_steps: int = Field(100, ge=1, description="Steps between two exploit-and-explore rounds.")
+    The population is maxTrials members, each training maxSteps in all, in generations of intervalSteps:
+    every generation of every member is a trial TrainingJob (maxTrials x generations trial jobs)."""
+
+    interval_steps: int = Field(100, ge=1, description="Steps of one generation: between two exploit-and-explore "
+                                "rounds, each member's trial trains this many steps (must be below maxSteps).")
     quantile: float = Field(0.25, gt=0, le=0.5, description="Fraction of trials at the bottom that copy one at the top.")
     perturbation_factors: list[Annotated[float, Field(gt=0)]] = Field(
         default_factory=lambda: [0.8, 1.2], min_length=1, max_length=8,
@@ -160,14 +164,6 @@ class Algorithm(ApiModel):
     pbt: PBTSpec | None = Field(None, description="Population-based training settings; only with type pbt.")
 
     cel_rules = (
-        # Population-based training needs trials that start from another trial's checkpoint, which
-        # the trainer cannot do yet: refused here, with the reason, rather than run as random search.
-        Rule(
-            "self.type != 'pbt'",
-            "spec.algorithm.type pbt is not available yet (trials cannot start from another trial's checkpoint); "
-            "use tpe, random, grid or cmaes",
-            lambda s: s.type != "pbt",
-        ),
         Rule(
             "self.type == 'pbt' || !has(self.pbt)",
             "spec.algorithm.pbt is only allowed when spec.algorithm.type is pbt",
@@ -188,6 +184,17 @@ class EarlyStopping(ApiModel):
     startup_trials: int = Field(3, ge=0, le=1000, description="median: trials that finish before any is stopped.")
 
 
+def pbt_settings(spec: "TrainingSweepSpec") -> PBTSpec:
+    """The sweep's PBT settings (their defaults when the manifest names only the type)."""
+    return spec.algorithm.pbt or PBTSpec()
+
+
+def pbt_generations(spec: "TrainingSweepSpec") -> int:
+    """Generations of a PBT sweep: each member trains maxSteps in all, intervalSteps at a time."""
+    interval = pbt_settings(spec).interval_steps
+    return -(-spec.template.spec.trainer.max_steps // interval)
+
+
 class SweepTemplate(ApiModel):
     """The TrainingJob each trial runs: the sweep's parameters are set into a copy of it."""
 
@@ -206,7 +213,8 @@ class TrainingSweepSpec(ApiModel):
     objective: Objective = Field(default_factory=Objective, description="The metric the sweep optimises.")
     algorithm: Algorithm = Field(default_factory=Algorithm, description="How parameters are chosen.")
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping, description="How losing trials are stopped early.")
-    max_trials: int = Field(20, ge=1, le=MAX_TRIALS, description="Trials to run in all (pruned and failed ones count).")
+    max_trials: int = Field(20, ge=1, le=MAX_TRIALS, description="Trials to run in all (pruned and failed ones count); "
+                            "with pbt, the population (each member trains maxSteps over its generations).")
     parallelism: int = Field(2, ge=1, le=1000, description="Trials that run at the same time.")
     max_failed_trials: int = Field(3, ge=0, le=MAX_TRIALS, description="Failed trials beyond which the sweep Fails.")
     suspend: bool = Field(False, description="Suspend every running trial (checkpoints kept) and start no new one.")
@@ -230,11 +238,29 @@ class TrainingSweepSpec(ApiModel):
         ),
         Rule(
             "self.algorithm.type != 'pbt' || (has(self.template.spec.checkpoint) && "
+            "has(self.template.spec.checkpoint.persistentVolumeClaim) && "
             "self.parameters.all(p, p.target in " + str(list(PBT_MUTABLE)).replace('"', "'") + "))",
-            "spec.algorithm.type pbt needs spec.template.spec.checkpoint (trials resume from each other's checkpoints) "
-            "and parameters that may change on resume: " + ", ".join(PBT_MUTABLE),
+            "spec.algorithm.type pbt needs spec.template.spec.checkpoint.persistentVolumeClaim (trials start from each "
+            "other's checkpoints, so all must see one volume) and parameters that may change on resume: "
+            + ", ".join(PBT_MUTABLE),
             lambda s: s.algorithm.type != "pbt"
-            or (s.template.spec.checkpoint is not None and all(p.target in PBT_MUTABLE for p in s.parameters)),
+            or (s.template.spec.checkpoint is not None and s.template.spec.checkpoint.persistent_volume_claim is not None
+                and all(p.target in PBT_MUTABLE for p in s.parameters)),
+        ),
+        Rule(
+            "self.algorithm.type != 'pbt' || (has(self.algorithm.pbt) ? self.algorithm.pbt.intervalSteps : 100) "
+            "< self.template.spec.trainer.maxSteps",
+            "spec.algorithm.pbt.intervalSteps must be below spec.template.spec.trainer.maxSteps (one generation "
+            "would be a random search)",
+            lambda s: s.algorithm.type != "pbt" or pbt_settings(s).interval_steps < s.template.spec.trainer.max_steps,
+        ),
+        Rule(
+            "self.algorithm.type != 'pbt' || self.maxTrials * ((self.template.spec.trainer.maxSteps + "
+            "(has(self.algorithm.pbt) ? self.algorithm.pbt.intervalSteps : 100) - 1) / "
+            "(has(self.algorithm.pbt) ? self.algorithm.pbt.intervalSteps : 100)) <= " + str(MAX_TRIALS),
+            f"spec.algorithm.type pbt: maxTrials x generations (maxSteps / intervalSteps, rounded up) must be at "
+            f"most {MAX_TRIALS} trial jobs",
+            lambda s: s.algorithm.type != "pbt" or s.max_trials * pbt_generations(s) <= MAX_TRIALS,
         ),
         Rule(
             "self.algorithm.type != 'pbt' || self.earlyStopping.type == 'none'",

@@ -26,6 +26,9 @@ LABEL_TRIAL = f"{GROUP}/trial-number"
 ANNOTATION_TRIAL_PARAMETERS = f"{GROUP}/trial-parameters"  # JSON {name: value}
 ANNOTATION_TRIAL_VALUES = f"{GROUP}/trial-values"  # JSON {step: objective value}, bounded
 ANNOTATION_TRIAL_OUTCOME = f"{GROUP}/trial-outcome"  # "Pruned: <why>" once early stopping ended it
+# Population-based training: JSON {"trial", "job", "checkpoint", "exploited"}, the trial whose checkpoint
+# this one started from (its own member's previous generation, or a top member's when exploited).
+ANNOTATION_TRIAL_ORIGIN = f"{GROUP}/trial-origin"
 
 ROLE_WORKER = "worker"
 ROLE_STORE = "rendezvous"

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from kubetrain.api.sweep import TrainingSweep
+from kubetrain.tuning import pbt
 from kubetrain.tuning.reports import ObjectiveReports, report_interval
 from kubetrain.tuning.space import InvalidTrial
 from kubetrain.tuning.status import trial_status
@@ -60,6 +61,12 @@ def _live(job: dict[str, Any], metric: str) -> tuple[int, float] | None:
     tp = (job.get("status") or {}).get("throughput") or {}
     step, value = tp.get("step"), tp.get(OBJECTIVE_FIELD[metric])
     return (int(step), float(value)) if step is not None and value is not None else None
+
+
+def _seed_key(sweep: TrainingSweep, body: dict[str, Any]) -> str:
+    """What PBT's draws are seeded by: the sweep's seed, else its uid (stable for the sweep's life)."""
+    seed = sweep.spec.algorithm.seed
+    return str(seed) if seed is not None else body["metadata"].get("uid", sweep.metadata.name)
 
 
 def _condition(ctype: str, reason: str, message: str, now: datetime, generation: int) -> dict[str, Any]:
@@ -140,20 +147,36 @@ def plan_sweep(sweep: TrainingSweep, body: dict[str, Any], jobs: list[dict[str, 
         # A sweep resumed: its trials resume too (pruned ones stay stopped).
         plan.resume = [r.job for r in active if (by_job[r.job].get("spec") or {}).get("suspend")]
         exhausted = study.exhausted()
-        while len(active) + len(plan.create) < spec.parallelism and next_number < spec.max_trials and not exhausted \
+        budget = pbt.total_trials(spec) if spec.algorithm.type == "pbt" else spec.max_trials
+        by_number = {r.number: r for r in records}
+        while len(active) + len(plan.create) < spec.parallelism and next_number < budget and not exhausted \
                 and failed <= spec.max_failed_trials:
-            values = study.ask(next_number)
             try:
-                plan.create.append(trial_job(sweep, body, next_number, values))
+                if spec.algorithm.type == "pbt":
+                    try:
+                        nxt = pbt.next_trial(spec, next_number, by_number, _seed_key(sweep, body), study.ask)
+                    except LookupError as exc:
+                        phase, reason, message = "Failed", "PopulationFailed", str(exc)
+                        break
+                    if nxt is None:
+                        break  # the previous generation is still training: the ranking waits for all of it
+                    values = nxt.params
+                    job = trial_job(sweep, body, next_number, values, max_steps=nxt.max_steps, parent=nxt.parent,
+                                    exploited=nxt.exploited)
+                else:
+                    values = study.ask(next_number)
+                    job = trial_job(sweep, body, next_number, values)
+                plan.create.append(job)
             except InvalidTrial as exc:
-                study.fail(next_number)
+                if next_number in study.trial_of:  # a drawn trial; PBT's later generations are decided, not drawn
+                    study.fail(next_number)
                 memory.invalid += 1
                 failed += 1
                 plan.events.append(("Warning", "TrialInvalid", str(exc)[:1024]))
                 continue  # its number is not used by any object: the next draw takes it
             next_number += 1
             exhausted = study.exhausted()
-        if not active and not plan.create and (next_number >= spec.max_trials or exhausted):
+        if phase == "Running" and not active and not plan.create and (next_number >= budget or exhausted):
             done = [r for r in records if r.state == "Succeeded"]
             if done:
                 phase, reason, message = "Succeeded", "TrialsFinished", f"{len(records)} trials ended, {len(done)} trained to the end"
@@ -168,7 +191,7 @@ def plan_sweep(sweep: TrainingSweep, body: dict[str, Any], jobs: list[dict[str, 
     st["phase"] = phase
     st["conditions"] = [_condition({"Running": "Running", "Suspended": "Suspended"}.get(phase, phase), reason, message,
                                    now, generation)]
-    best = study.best(records)
+    best = pbt.best(spec, records) if spec.algorithm.type == "pbt" else study.best(records)
     st.update(trial_status(records, best, spec.objective.step))
     st["trials"]["pending"] += len(plan.create)
     max_steps = spec.template.spec.trainer.max_steps

@@ -63,26 +63,47 @@ def thin(values: dict[int, float], limit: int = MAX_VALUES) -> dict[int, float]:
     return {s: values[s] for s in steps}
 
 
-def trial_job(sweep: TrainingSweep, body: dict[str, Any], number: int, values: dict[str, Any]) -> dict[str, Any]:
-    """The TrainingJob of trial ``number`` with ``values``; raises space.InvalidTrial if they cannot run."""
-    spec = trial_spec(sweep.spec.template.spec, sweep.spec.parameters, values)
+def trial_checkpoint_path(sweep: TrainingSweep, namespace: str, job: str) -> str:
+    """A trial's checkpoint directory in the template's volume: its own, never another trial's (a template
+    ``path`` becomes the trials' parent directory); the default is a job's, <namespace>/<job>."""
+    ckpt = sweep.spec.template.spec.checkpoint
+    return f"{ckpt.path}/{job}" if ckpt is not None and ckpt.path else f"{namespace}/{job}"
+
+
+def trial_job(sweep: TrainingSweep, body: dict[str, Any], number: int, values: dict[str, Any], *,
+              max_steps: int | None = None, parent: TrialRecord | None = None, exploited: bool = False) -> dict[str, Any]:
+    """The TrainingJob of trial ``number`` with ``values``; raises space.InvalidTrial if they cannot run.
+
+    Population-based training sets ``max_steps`` (the end of the trial's generation) and ``parent``, the trial
+    whose checkpoint it starts from."""
+    namespace, name = body["metadata"]["namespace"], naming.trial_name(sweep.metadata.name, number)
+    spec = trial_spec(sweep.spec.template.spec, sweep.spec.parameters, values).to_k8s()
+    if spec.get("checkpoint") is not None and spec["checkpoint"].get("path"):
+        spec["checkpoint"]["path"] = trial_checkpoint_path(sweep, namespace, name)
+    if max_steps is not None:
+        spec["trainer"]["maxSteps"] = max_steps
     template_meta = sweep.spec.template.metadata
     labels = {**((template_meta and template_meta.labels) or {}),
               naming.LABEL_SWEEP: sweep.metadata.name, naming.LABEL_TRIAL: str(number)}
     annotations = {**((template_meta and template_meta.annotations) or {}),
                    naming.ANNOTATION_TRIAL_PARAMETERS: json.dumps(values, sort_keys=True)}
+    if parent is not None:
+        spec["checkpoint"]["initFrom"] = trial_checkpoint_path(sweep, namespace, parent.job)
+        annotations[naming.ANNOTATION_TRIAL_ORIGIN] = json.dumps(
+            {"trial": parent.number, "job": parent.job, "checkpoint": spec["checkpoint"]["initFrom"], "exploited": exploited},
+            sort_keys=True)
     return {
         "apiVersion": API_VERSION,
         "kind": KIND,
         "metadata": {
-            "name": naming.trial_name(sweep.metadata.name, number),
-            "namespace": body["metadata"]["namespace"],
+            "name": name,
+            "namespace": namespace,
             "labels": labels,
             "annotations": annotations,
             "ownerReferences": [{"apiVersion": API_VERSION, "kind": SWEEP_KIND, "name": sweep.metadata.name,
                                  "uid": body["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}],
         },
-        "spec": spec.to_k8s(),
+        "spec": spec,
     }
 
 
