@@ -113,12 +113,13 @@ RESULTS = {
     },
     "sweeps": {
         "type": "object",
-        "required": ["runs", "strategies", "headline"],
+        "required": ["runs", "strategies", "headline", "compute_to_reach"],
         "properties": {
             "runs": {"type": "array", "minItems": 1, "items": {
                 "type": "object", "required": ["strategy", "seed", "best_loss", "trial_steps", "wall_seconds", "states"],
                 "properties": {"trial_steps": {"type": "integer", "minimum": 0}}}},
-            "strategies": {"type": "object", "required": ["random", "tpe", "random + asha", "tpe + asha"]},
+            "strategies": {"type": "object", "required": ["random", "tpe", "random + asha", "tpe + asha", "pbt"]},
+            "compute_to_reach": {"type": "object", "required": ["random", "tpe", "random + asha", "tpe + asha", "pbt"]},
             "headline": {"type": "object", "required": ["tpe_asha_compute_vs_random", "asha_saved_vs_tpe", "goal_met"]},
         },
     },

@@ -20,18 +20,22 @@ from pathlib import Path
 from bench.common import Run, fmt, fmt_spread, md_table, summary
 from kubetrain.api.manifests import parse_sweep
 from kubetrain.local_sweep import run_sweep
+from kubetrain.tuning import pbt
 
 NAME = "sweeps"
-QUESTION = ("At the same trial budget, how good a loss do random search, TPE and TPE with ASHA early stopping find, "
-            "and how much compute does each spend to find it?")
+QUESTION = ("At the same trial budget, how good a loss do random search, TPE, TPE with ASHA early stopping and "
+            "population-based training find, and how much compute does each spend to find it?")
 
-# (label, sampler, early stopping)
+# (label, sampler, early stopping). PBT's population is the trial budget: each member trains the same steps
+# as one trial of the others, in generations, so its compute equals a full random search's.
 STRATEGIES = [("random", "random", "none"), ("tpe", "tpe", "none"), ("random + asha", "random", "asha"),
-              ("tpe + asha", "tpe", "asha")]
+              ("tpe + asha", "tpe", "asha"), ("pbt", "pbt", "none")]
+# PBT's generation: a quarter of the steps (4 generations, 3 exploit-and-explore rounds).
+PBT_GENERATIONS = 4
 
 
 def sweep_manifest(sampler: str, early_stopping: str, seed: int, trials: int, steps: int) -> dict:
-    return {
+    doc = {
         "apiVersion": "kubetrain.dev/v1alpha1", "kind": "TrainingSweep", "metadata": {"name": "bench"},
         "spec": {
             "template": {"spec": {"trainer": {"maxSteps": steps, "batchSize": 8, "sequenceLength": 32, "seed": 0,
@@ -45,13 +49,31 @@ def sweep_manifest(sampler: str, early_stopping: str, seed: int, trials: int, st
             "maxTrials": trials, "parallelism": 2,
         },
     }
+    if sampler == "pbt":
+        # Trials start from each other's checkpoints: one volume (locally, one directory under the workdir).
+        doc["spec"]["template"]["spec"]["checkpoint"] = {"persistentVolumeClaim": {"claimName": "bench"},
+                                                         "intervalSteps": max(1, steps // PBT_GENERATIONS)}
+        doc["spec"]["algorithm"]["pbt"] = {"intervalSteps": max(1, steps // PBT_GENERATIONS)}
+    return doc
+
+
+def trained_steps(sweep, record) -> int:
+    """The steps a trial trained: from where it started (a PBT trial, at its generation's start) to where it ended."""
+    spec = sweep.spec
+    start, end = 0, spec.template.spec.trainer.max_steps
+    if spec.algorithm.type == "pbt":
+        generation, _ = pbt.generation_of(spec, record.number)
+        start, end = generation * (spec.algorithm.pbt.interval_steps), pbt.generation_end(spec, generation)
+    if record.state == "Succeeded":
+        return end - start
+    return max(0, (record.last[0] if record.last else start) - start)
 
 
 def run_one(label: str, sampler: str, early_stopping: str, seed: int, trials: int, steps: int, work: Path) -> dict:
     started = time.monotonic()
-    result = run_sweep(parse_sweep(sweep_manifest(sampler, early_stopping, seed, trials, steps)),
-                       workdir=work / f"{label.replace(' + ', '-')}-{seed}", out=io.StringIO())
-    trials = [{"number": r.number, "state": r.state, "steps": steps if r.state == "Succeeded" else (r.last[0] if r.last else 0),
+    sweep = parse_sweep(sweep_manifest(sampler, early_stopping, seed, trials, steps))
+    result = run_sweep(sweep, workdir=work / f"{label.replace(' + ', '-')}-{seed}", out=io.StringIO())
+    trials = [{"number": r.number, "state": r.state, "steps": trained_steps(sweep, r),
                "loss": r.last[1] if r.last else None} for r in result.trials]
     trained = sum(t["steps"] for t in trials)
     best = result.best.last[1] if result.best and result.best.last else None
@@ -69,19 +91,33 @@ def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=QUESTION)
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 trials of 12 steps, one seed; figures meaningless")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--seeds", type=int, default=3, help="sampler seeds 1..N (a full run)")
+    ap.add_argument("--budget-seconds", type=float, default=None,
+                    help="start no further seed when the time so far plus the slowest seed's would pass this; "
+                    "the page says how many seeds ran")
     args = ap.parse_args(argv)
-    p = {"trials": 2 if args.quick else 8, "steps": 12 if args.quick else 60, "seeds": [1] if args.quick else [1, 2],
+    p = {"trials": 2 if args.quick else 8, "steps": 12 if args.quick else 60,
+         "seeds": [1] if args.quick else list(range(1, args.seeds + 1)),
          "parallelism": 2, "model": "builtin:gpt, 1 layer, d_model 64, 2 heads, sequence 32, 60k-character corpus",
-         "space": "lr in [1e-5, 3e-2] (log), batch in {4, 8, 12, 16}", "asha": "minSteps = steps / 9, reduction factor 3"}
+         "space": "lr in [1e-5, 3e-2] (log), batch in {4, 8, 12, 16}", "asha": "minSteps = steps / 9, reduction factor 3",
+         "pbt": f"population = the trial budget, {PBT_GENERATIONS} generations of steps / {PBT_GENERATIONS}, bottom quarter "
+                "exploits a top quarter's checkpoint, factors 0.8 / 1.2, resample 0.25"}
     run = Run(NAME, quick=args.quick, params=p, question=QUESTION)
     runs = []
+    started, slowest = time.monotonic(), 0.0
     with tempfile.TemporaryDirectory(prefix="kubetrain-bench-sweeps-") as tmp:
-        for seed in p["seeds"]:
+        for seed in list(p["seeds"]):
+            elapsed = time.monotonic() - started
+            if args.budget_seconds is not None and runs and elapsed + slowest > args.budget_seconds:
+                p["seeds_planned"], p["seeds"] = list(p["seeds"]), p["seeds"][: p["seeds"].index(seed)]
+                break
+            seed_started = time.monotonic()
             for label, sampler, es in STRATEGIES:
                 try:
                     runs.append(run_one(label, sampler, es, seed, p["trials"], p["steps"], Path(tmp)))
                 except Exception as exc:  # noqa: BLE001 - one failed run is recorded, the others go on
                     run.error(f"{label} seed {seed}", repr(exc))
+            slowest = max(slowest, time.monotonic() - seed_started)
     res = run.results
     res["runs"] = runs
     res["strategies"] = {}
@@ -109,10 +145,21 @@ def main(argv: list[str] | None = None) -> Path:
         ],
     }
     h = res["headline"]
-    # The issue's measure: the compute TPE + ASHA spent until a trial of its own first matched random search's
-    # best (trials in the order they were drawn), against all of random search's compute.
+    # The issue's measure: the compute a strategy spent until a trial of its own first matched random search's
+    # best (trials in the order they were started), against all of random search's compute; per strategy.
+    res["compute_to_reach"] = {label: summary(compute_to_reach(runs, label)) for label, *_ in STRATEGIES}
+    h["tpe_asha_compute_to_reach_random_best"] = res["compute_to_reach"]["tpe + asha"]
+    to_reach = (h["tpe_asha_compute_to_reach_random_best"] or {}).get("median")
+    h["goal_met"] = bool(to_reach is not None and to_reach <= 0.40 and all(h["tpe_asha_reaches_random_best"]))
+    body = render(run.doc)
+    return run.finish(body, args.out) if args.out else run.finish(body)
+
+
+def compute_to_reach(runs: list[dict], label: str) -> list[float]:
+    """Per seed: the fraction of random search's compute ``label`` spent until one of its trials ended within 2%
+    of random search's best loss (a seed where it never did has no figure)."""
     reach = []
-    for a in (r for r in runs if r["strategy"] == "tpe + asha" and r.get("trials")):
+    for a in (r for r in runs if r["strategy"] == label and r.get("trials")):
         rnd = next((r for r in runs if r["strategy"] == "random" and r["seed"] == a["seed"]), None)
         if rnd is None or rnd["best_loss"] is None:
             continue
@@ -122,25 +169,26 @@ def main(argv: list[str] | None = None) -> Path:
             if t["state"] == "Succeeded" and t["loss"] is not None and t["loss"] <= rnd["best_loss"] * 1.02:
                 reach.append(spent / rnd["trial_steps"])
                 break
-    h["tpe_asha_compute_to_reach_random_best"] = summary(reach)
-    to_reach = (h["tpe_asha_compute_to_reach_random_best"] or {}).get("median")
-    h["goal_met"] = bool(to_reach is not None and to_reach <= 0.40 and all(h["tpe_asha_reaches_random_best"]))
-    body = render(run.doc)
-    return run.finish(body, args.out) if args.out else run.finish(body)
+    return reach
 
 
 def render(doc: dict) -> str:
     res, p = doc["results"], doc["params"]
     s, h = res["strategies"], res["headline"]
+    reach_by = res.get("compute_to_reach") or {}
+    seeds = len(p["seeds"])
     rows = [[label, fmt_spread(v["best_loss"]), fmt_spread(v["trial_steps"], digits=4),
              fmt((v["trial_steps"] or {}).get("median", 0) / max((s["random"]["trial_steps"] or {}).get("median", 1), 1), "×"),
+             (f"{fmt_spread(reach_by[label], '×')} ({(reach_by[label] or {}).get('n', 0)} of {seeds} seeds)"
+              if reach_by.get(label) else f"— (0 of {seeds} seeds)"),
              fmt_spread(v["wall_seconds"], " s")] for label, v in s.items()]
-    rows.append(["population-based training", "not available yet (trials cannot start from another's checkpoint)", "—", "—", "—"])
     reach = h["tpe_asha_reaches_random_best"]
     return "\n".join([
         f"{p['trials']} trials per sweep, {p['steps']} steps each, {p['parallelism']} at a time; {p['model']}; "
-        f"search space {p['space']}; ASHA {p['asha']}. Sampler seeds {p['seeds']}: figures are the median (min – max) "
-        "over them. Compute is trial-steps: a pruned trial counts the steps it trained.",
+        f"search space {p['space']}; ASHA {p['asha']}; PBT {p.get('pbt', '—')}. Sampler seeds {p['seeds']}: figures are the median (min – max) "
+        "over them" + (f" (the run planned seeds {p['seeds_planned']} and stopped at its time budget)"
+                      if p.get("seeds_planned") else "") + ". Compute is trial-steps: a pruned trial counts the steps "
+        "it trained, a PBT trial the steps of its generation.",
         "",
         f"**TPE + ASHA reached random search's best loss (within 2%) in {sum(reach)} of {len(reach)} seeds, after "
         f"{fmt_spread(h.get('tpe_asha_compute_to_reach_random_best'), '×')} of random search's compute (goal ≤ 0.40×); "
@@ -148,7 +196,11 @@ def render(doc: dict) -> str:
         f"goal {'met' if h['goal_met'] else 'not met'}. ASHA saved {fmt(h['asha_saved_vs_tpe'], '%') if h['asha_saved_vs_tpe'] is not None else '—'} "
         "of TPE's compute.**",
         "",
-        md_table(["strategy", "best loss", "compute (trial-steps)", "compute vs random", "wall time"], rows),
+        f"Population-based training (same compute as random search: every member trains the same steps): best loss "
+        f"{fmt_spread(s.get('pbt', {}).get('best_loss'))} against random search's {fmt_spread(s['random']['best_loss'])}.",
+        "",
+        md_table(["strategy", "best loss", "compute (trial-steps)", "compute vs random",
+                  "compute to reach random's best (vs random's)", "wall time"], rows),
         "",
         "Every run, by seed:",
         "",
