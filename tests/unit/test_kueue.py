@@ -126,6 +126,14 @@ def test_evicted_workload_stops_even_while_its_quota_is_still_reserved():
     assert deactivated.waiting[0] == kueue.WAIT_EVICTED
 
 
+def test_once_its_quota_is_released_an_evicted_job_is_queued_again():
+    wl = _admitted(extra=[_cond("Evicted", "True", "Preempted", "preempted")])
+    wl["status"] = kq_released = kueue.released(wl, T1)
+    adm = kueue.read(wl)
+    assert adm.evicted and not adm.reserved and not adm.admitted and "admission" not in kq_released
+    assert adm.waiting[0] == kueue.WAIT_QUEUED and "requeued after preempted" in adm.waiting[1]
+
+
 def test_quota_reserved_but_not_admitted_waits_for_admission_checks():
     wl = _admitted()
     wl["status"]["conditions"][1] = _cond("Admitted", "False")

@@ -120,6 +120,17 @@ def test_an_evicted_job_stops_its_pods_then_gives_its_quota_back():
     assert {c["type"]: c["status"] for c in released["conditions"]}["Requeued"] == "True"
 
 
+def test_quota_reserved_while_admission_checks_run_is_not_given_back():
+    kube = KueueKube()
+    runtime, state = _runtime(kube), JobMemo()
+    _run(runtime, state, _body(QUEUED))
+    kube.admit(workers=1)
+    (wl,) = kube.workloads.values()
+    wl["status"]["conditions"][1]["status"] = "False"  # Admitted false: checks pending
+    _run(runtime, state, _body(QUEUED))
+    assert kube.status_writes == [] and kube.created == []
+
+
 def test_a_finished_job_finishes_its_workload_and_a_deleted_one_removes_it():
     kube = KueueKube()
     runtime, state = _runtime(kube), JobMemo()

@@ -158,7 +158,8 @@ def read(wl: dict[str, Any] | None) -> Admission:
 
 
 def _why_waiting(conds: dict[str, dict[str, Any]], evicted: bool, reserved: bool) -> tuple[str, str]:
-    if evicted:
+    # Evicted stays True until Kueue reserves quota again: once the quota is given back, the job is queued.
+    if evicted and reserved:
         ev = conds[EVICTED]
         reason = WAIT_PREEMPTED if ev.get("reason") == "Preempted" else WAIT_EVICTED
         return reason, f"evicted by Kueue ({ev.get('reason')}): {ev.get('message', '')}; stopping with a checkpoint, then requeued"

@@ -89,7 +89,7 @@ def after(job: TrainingJob, body: dict[str, Any], obs: planner.Observed, result:
             cond = next((c for c in status.get("conditions") or [] if c.get("type") == phase), {})
             kube.replace_workload_status(wl, kueue.finished(wl, phase, cond.get("message") or phase, now))
         return events
-    if adm.reserved and not adm.admitted:
+    if adm.reserved and adm.evicted:
         left = [p.name for p in obs.pods if p.active or p.deleting] + [f"new:{w}" for w in result.create_workers]
         if not left:
             kube.replace_workload_status(wl, kueue.released(wl, now))
