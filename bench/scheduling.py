@@ -37,12 +37,16 @@ def published() -> dict:
 
 
 def run_one(workload: Path, policy: str, limit: int | None, interval: float = 60.0, restart: float = 30.0,
-            learn: bool = False) -> dict:
+            learn: bool = False, min_gain: bool = True) -> dict:
+    # min_gain=False: the allocator without its minimum-gain threshold (payback_seconds=0), as it was before it.
     sim = Simulator(read_workload(workload, limit), policy, interval=interval, restart=restart,
-                    config=AllocatorConfig(interval_seconds=interval), learn=learn)
+                    config=AllocatorConfig(interval_seconds=interval, payback_seconds=None if min_gain else 0.0),
+                    learn=learn)
     r = sim.run()
     if learn:
         r["policy"] = "elastic_learned"
+    if not min_gain:
+        r["policy"] = "elastic_no_min_gain"
     r.update({"workload": workload.stem, "load": workload.parent.name, "interval": interval, "restart": restart})
     print(f"[scheduling] {workload.parent.name}/{workload.stem} {r['policy']:8s} interval {interval:.0f} s restart "
           f"{restart:.0f} s: avg JCT {r['avg_jct']:.0f} s", file=sys.stderr, flush=True)
@@ -116,6 +120,10 @@ def main(argv: list[str] | None = None) -> Path:
     # The allocator learning each job's throughput from its own reports only.
     for k in workloads:
         runs.append(run_one(wl("1.0", k), "elastic", limit, learn=True))
+    # Before the minimum-gain threshold: restarts per job and JCT without it, at every restart cost.
+    for restart in p["restart_sweep"]:
+        for k in workloads:
+            runs.append(run_one(wl("1.0", k), "elastic", limit, restart=restart, min_gain=False))
     # Interval: 4 minutes (1 minute is in the headline).
     for k in workloads:
         for pol in POLICIES:
@@ -133,13 +141,13 @@ def main(argv: list[str] | None = None) -> Path:
             sel = [r for r in runs if r["policy"] == pol and r["load"] == load and r["interval"] == interval
                    and r["restart"] == restart]
             out[pol] = {k: mean_of(sel, k) for k in ("avg_jct", "p99_jct", "makespan", "gpu_utilisation",
-                                                     "goodput_utilisation", "restarts_per_job", "lost_seconds_per_job",
-                                                     "round_seconds_median", "round_seconds_max")}
+                                                     "goodput_utilisation", "restarts_per_job", "restarts_per_job_hour",
+                                                     "lost_seconds_per_job", "round_seconds_median", "round_seconds_max")}
             out[pol]["avg_jct_by_workload"] = {r["workload"]: r["avg_jct"] for r in sel}
             out[pol]["unfinished"] = sum(r["jobs"] - r["finished"] for r in sel)
         return out
 
-    head = agg(policies=(*POLICIES, "elastic_learned"))
+    head = agg(policies=(*POLICIES, "elastic_learned", "elastic_no_min_gain"))
     res["headline"] = head
     res["headline"]["elastic_vs_fifo"] = head["elastic"]["avg_jct"] / head["fifo"]["avg_jct"] - 1
     res["headline"]["elastic_vs_tiresias_like"] = head["elastic"]["avg_jct"] / head["tiresias"]["avg_jct"] - 1
@@ -149,7 +157,8 @@ def main(argv: list[str] | None = None) -> Path:
     res["load"] = {load: agg("workloads" if load == "1.0" else f"workloads-{load}") for load in p["loads"]}
     res["interval"] = {"60": head, "240": agg(interval=240.0)}
     res["interval"]["elastic_change"] = res["interval"]["240"]["elastic"]["avg_jct"] / head["elastic"]["avg_jct"] - 1
-    res["restart"] = {str(int(r)): (head if r == 30 else agg(restart=r)) for r in p["restart_sweep"]}
+    res["restart"] = {str(int(r)): (head if r == 30 else agg(restart=r, policies=(*POLICIES, "elastic_no_min_gain")))
+                      for r in p["restart_sweep"]}
     res["allocator_rounds"] = allocator_rounds(p["allocator_jobs"], p["allocator_reps"])
     body = render(run.doc)
     return run.finish(body, args.out) if args.out else run.finish(body)
@@ -170,18 +179,20 @@ def render(doc: dict) -> str:
     n_w = len(p["workloads"])
     label = {"elastic": "kubetrain goodput allocator (elastic)",
              "elastic_learned": "… the same, throughput learned online from each job's own step times",
+             "elastic_no_min_gain": "… the same without the minimum-gain threshold (before it)",
              "fifo": "rigid FIFO (requested replicas)",
              "fifo_backfill": "rigid FIFO with backfill", "tiresias": "Tiresias-like LAS (rigid, preemptive)"}
     rows = []
-    for pol in (POLICIES[0], "elastic_learned", *POLICIES[1:]):
+    for pol in (POLICIES[0], "elastic_learned", "elastic_no_min_gain", *POLICIES[1:]):
         if pol not in h:
             continue
         a = h[pol]
         rows.append([label[pol], _s(a["avg_jct"]), _s(a["p99_jct"]), _s(a["makespan"]), _pct(a["gpu_utilisation"]),
-                     _pct(a["goodput_utilisation"]), fmt(a["restarts_per_job"]), _s(a["lost_seconds_per_job"])])
-    rows.append(["Pollux, published (their simulator)", _s(pub["pollux"]["1.0"]), "—", "—", "—", "—", "—", "—"])
-    rows.append(["Tiresias, published (their simulator)", _s(pub["tiresias"]["1.0"]), "—", "—", "—", "—", "—", "—"])
-    rows.append(["Optimus+Oracle, published", _s(pub["optimus"]["1.0"]), "—", "—", "—", "—", "—", "—"])
+                     _pct(a["goodput_utilisation"]), fmt(a["restarts_per_job"]), fmt(a.get("restarts_per_job_hour")),
+                     _s(a["lost_seconds_per_job"])])
+    rows.append(["Pollux, published (their simulator)", _s(pub["pollux"]["1.0"]), "—", "—", "—", "—", "—", "—", "—"])
+    rows.append(["Tiresias, published (their simulator)", _s(pub["tiresias"]["1.0"]), "—", "—", "—", "—", "—", "—", "—"])
+    rows.append(["Optimus+Oracle, published", _s(pub["optimus"]["1.0"]), "—", "—", "—", "—", "—", "—", "—"])
     ar = res["allocator_rounds"]
     lines = [
         f"Pollux's workloads at 1.0× load ({n_w} workload(s) × {p['jobs_per_workload']} jobs; figures are the mean over "
@@ -196,7 +207,9 @@ def render(doc: dict) -> str:
         f"{fmt(ar['steady']['median'], ' s')} (steady round), goal < 1 s.",
         "",
         md_table(["policy", "avg JCT", "p99 JCT", "makespan", "GPU utilisation", "goodput-weighted util.",
-                  "restarts / job", "time lost to restarts / job"], rows),
+                  "restarts / job", "restarts / job-hour", "time lost to restarts / job"], rows),
+        "",
+        _min_gain_line(h),
         "",
         "Average JCT by workload (s):",
         "",
@@ -222,10 +235,13 @@ def render(doc: dict) -> str:
         "",
         "## Restart cost (charged in the simulator and known to the allocator)",
         "",
-        md_table(["restart", *[label[pol] for pol in POLICIES], "elastic restarts / job", "elastic vs FIFO"],
+        md_table(["restart", *[label[pol] for pol in POLICIES], "elastic restarts / job", "elastic vs FIFO",
+                  "without the minimum gain: avg JCT", "… restarts / job"],
                  [[f"{k} s", *[_s(res["restart"][k][pol]["avg_jct"]) for pol in POLICIES],
                    fmt(res["restart"][k]["elastic"]["restarts_per_job"]),
-                   fmt(res["restart"][k]["elastic"]["avg_jct"] / res["restart"][k]["fifo"]["avg_jct"] - 1, "%")]
+                   fmt(res["restart"][k]["elastic"]["avg_jct"] / res["restart"][k]["fifo"]["avg_jct"] - 1, "%"),
+                   _s((res["restart"][k].get("elastic_no_min_gain") or {}).get("avg_jct")),
+                   fmt((res["restart"][k].get("elastic_no_min_gain") or {}).get("restarts_per_job"))]
                   for k in sorted(res["restart"], key=int)]),
         "",
         "## Allocator round time",
@@ -270,6 +286,17 @@ def render(doc: dict) -> str:
         "- Every start, resize or resume costs the restart time (Pollux charges 30 s per reallocation as well).",
     ]
     return "\n".join(lines)
+
+
+def _min_gain_line(h: dict) -> str:
+    """Restarts and JCT with the minimum-gain threshold against without it (the same run)."""
+    on, off = h["elastic"], h.get("elastic_no_min_gain")
+    if not off or not off["restarts_per_job"]:
+        return ""
+    return (f"Minimum gain (a grow must repay the job's restart cost within one interval): restarts per job "
+            f"{fmt(off['restarts_per_job'])} → {fmt(on['restarts_per_job'])} "
+            f"({fmt(on['restarts_per_job'] / off['restarts_per_job'] - 1, '%')}), average JCT {_s(off['avg_jct'])} → "
+            f"{_s(on['avg_jct'])} ({fmt(on['avg_jct'] / off['avg_jct'] - 1, '%')}).")
 
 
 def _pub_workload(policy: str, load: str, workload: str) -> float | None:

@@ -318,6 +318,8 @@ class Simulator:
             "gpu_utilisation": self.gpu_seconds / (self.capacity * makespan) if makespan else None,
             "goodput_utilisation": self.useful_gpu_seconds / (self.capacity * makespan) if makespan else None,
             "restarts_per_job": sum(j.restarts for j in self.jobs) / len(self.jobs),
+            # The reference's yardstick (fewer than 1 per job-hour): restarts over the hours the jobs were in the system.
+            "restarts_per_job_hour": sum(j.restarts for j in done) / (sum(jcts) / 3600.0) if n else None,
             "lost_seconds_per_job": sum(j.lost_seconds for j in self.jobs) / len(self.jobs),
             "rounds": len(rs),
             "fits": self.fits,

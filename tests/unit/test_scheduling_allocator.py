@@ -110,6 +110,26 @@ def test_a_large_gain_pays_for_the_restart():
     assert out.replicas["a"] > 1 and out.replicas["b"] < 7
 
 
+def test_a_grow_must_pay_back_its_restart_within_the_interval():
+    # An hour-old job on 4 of 8 GPUs, the other 4 free. Growing it to 8 gains x1.17 (0.05 per extra GPU):
+    # the age horizon (1 h) alone would let it, but at 25 s a restart the gain repays the restart only after
+    # 170 s, beyond the 60 s interval: it stays. Linear scaling (x2) repays it in 50 s: it grows.
+    old = JobInput("old", 1, 8, 4, goodput=scaling(8, 0.05), started=0.0, last_change=0.0, restart_seconds=25.0)
+    cfg = AllocatorConfig(min_dwell_seconds=0.0)
+    assert allocate([old], 8, now=3600.0, config=cfg).replicas == {"old": 4}
+    assert allocate([old], 8, now=3600.0, config=replace(cfg, payback_seconds=0.0)).replicas == {"old": 8}
+    assert allocate([replace(old, goodput=scaling(8, 1.0))], 8, now=3600.0, config=cfg).replicas == {"old": 8}
+    # The learned cost is what is repaid: the same x1.17 repays within the interval a job whose resizes cost 5 s.
+    assert allocate([replace(old, restart_seconds=5.0)], 8, now=3600.0, config=cfg).replicas == {"old": 8}
+    # A job whose restart outlasts the interval (120 s) is not frozen: it must repay within two restarts, so x2 grows it.
+    slow = replace(old, restart_seconds=120.0)
+    assert allocate([replace(slow, goodput=scaling(8, 1.0))], 8, now=3600.0, config=cfg).replicas == {"old": 8}
+    assert allocate([replace(slow, goodput=scaling(8, 0.8))], 8, now=3600.0, config=cfg).replicas == {"old": 4}
+    # Only grows of running jobs: a pending job starts as large as the goodput says.
+    new = replace(old, current_replicas=0, started=None, last_change=None)
+    assert allocate([new], 8, now=3600.0, config=cfg).replicas == {"old": 8}
+
+
 def test_no_flapping_when_fed_back_round_after_round():
     rng = random.Random(3)
     jobs = [JobInput(f"j{k}", 1, 16, goodput=scaling(16, rng.uniform(0.1, 1.0)), arrival=float(k)) for k in range(12)]

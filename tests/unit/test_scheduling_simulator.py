@@ -11,6 +11,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from bench.scheduling_sim import POLICIES, Simulator, load_app  # noqa: E402
+from kubetrain.scheduling.allocator import AllocatorConfig  # noqa: E402
 from kubetrain.scheduling.placement import place  # noqa: E402
 
 # (name, arrival s, model, requested replicas, requested batch): small real models of Pollux's data.
@@ -56,9 +57,17 @@ def test_a_lone_elastic_job_grows_and_beats_its_rigid_self():
 
 
 def test_restart_time_is_charged():
-    slow, fast = run("elastic", restart=250.0), run("elastic", restart=0.0)
+    # Without the minimum gain, which at 250 s a restart keeps this small trace's jobs from growing at all.
+    eager = AllocatorConfig(payback_seconds=0.0)
+    slow, fast = run("elastic", restart=250.0, config=eager), run("elastic", restart=0.0, config=eager)
     assert slow["lost_seconds_per_job"] > fast["lost_seconds_per_job"] == 0.0
     assert slow["avg_jct"] > fast["avg_jct"]
+
+
+def test_the_minimum_gain_cuts_restarts():
+    with_it, without = run("elastic", restart=250.0), run("elastic", restart=250.0, config=AllocatorConfig(payback_seconds=0.0))
+    assert with_it["restarts_per_job"] < without["restarts_per_job"]
+    assert with_it["restarts_per_job_hour"] < without["restarts_per_job_hour"]
 
 
 def test_measured_models_load_with_their_noise_scale():
