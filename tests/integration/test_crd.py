@@ -115,6 +115,12 @@ def test_the_example_sweep_is_accepted_with_its_defaults(cluster, crd, namespace
     assert created["spec"]["template"]["spec"]["precision"] == "fp32"
 
 
+def test_the_pbt_example_sweep_is_accepted(cluster, crd, namespace):
+    created = _sweeps(cluster, namespace)(load_yaml(REPO / "examples" / "sweep-pbt.yaml", kind="TrainingSweep"))
+    assert created["spec"]["algorithm"]["pbt"]["intervalSteps"] == 100
+    assert created["spec"]["template"]["spec"]["checkpoint"]["initFrom"] == ""  # the trials set it, not the template
+
+
 @pytest.mark.parametrize("name,manifest,field", SWEEP_VARIANTS, ids=[v[0] for v in SWEEP_VARIANTS])
 def test_every_invalid_sweep_is_refused_by_the_apiserver(cluster, crd, namespace, name, manifest, field):
     with pytest.raises(ApiException) as err:

@@ -137,3 +137,77 @@ def test_operator_sigkill_loses_no_trial_and_runs_none_twice_then_suspend_and_de
     # Deleting the sweep deletes its trials (they are owned by it) and their pods.
     sweeps.custom.delete_namespaced_custom_object(GROUP, VERSION, sweeps.ns, "trainingsweeps", "kill")
     wait_gone(lambda: sweeps.trials("kill"), "trials of the deleted sweep", timeout=90)
+
+
+def pbt_manifest(name: str) -> dict:
+    """A population of 2, 300 steps in generations of 100: 6 trial jobs, each starting from a checkpoint in one claim."""
+    manifest = sweep_manifest(name, max_trials=2, parallelism=2)
+    manifest["spec"]["template"]["spec"]["checkpoint"] = {"persistentVolumeClaim": {"claimName": "ckpt"}}
+    manifest["spec"]["algorithm"] = {"type": "pbt", "seed": 3, "pbt": {"intervalSteps": 100}}
+    manifest["spec"]["earlyStopping"] = {"type": "none"}
+    return manifest
+
+
+@pytest.fixture
+def checkpoint_claim(cluster, namespace) -> Iterator[str]:
+    """A bound ReadWriteMany claim (a statically provisioned PersistentVolume: KWOK's pods mount nothing)."""
+    core = client.CoreV1Api(cluster.api)
+    pv = f"ckpt-{namespace}"
+    core.create_persistent_volume({"metadata": {"name": pv}, "spec": {
+        "capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "kubetrain-test",
+        "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": f"/tmp/{pv}"}}})
+    core.create_namespaced_persistent_volume_claim(namespace, {"metadata": {"name": "ckpt"}, "spec": {
+        "accessModes": ["ReadWriteMany"], "storageClassName": "kubetrain-test", "volumeName": pv,
+        "resources": {"requests": {"storage": "1Gi"}}}})
+    wait_for(lambda: core.read_namespaced_persistent_volume_claim("ckpt", namespace).status.phase == "Bound",
+             timeout=60, what="the checkpoint claim bound")
+    yield "ckpt"
+    core.delete_persistent_volume(pv)
+
+
+def _origin(job: dict) -> dict | None:
+    raw = job["metadata"]["annotations"].get(naming.ANNOTATION_TRIAL_ORIGIN)
+    return json.loads(raw) if raw else None
+
+
+def test_pbt_generations_are_trial_jobs_from_a_checkpoint_and_survive_an_operator_sigkill(sweeps, operator, checkpoint_claim):
+    sweeps.create(pbt_manifest("pbt"))
+    wait_for(lambda: len(sweeps.trials("pbt")) == 2, timeout=60, what="the first generation")
+    first = sweeps.trials("pbt")
+    assert [t["spec"]["trainer"]["maxSteps"] for t in first] == [100, 100] and all(_origin(t) is None for t in first)
+    sweeps.report("pbt-t0", 100, 2.0)
+    sweeps.finish("pbt-t0")
+    # A round has seen it end (the status counts it) and started nothing: generation 1 waits for all of generation 0.
+    sweeps.wait("pbt", lambda s: (s.get("trials") or {}).get("succeeded") == 1, "the first trial counted")
+    assert len(sweeps.trials("pbt")) == 2
+    sweeps.report("pbt-t1", 100, 3.0)
+    sweeps.finish("pbt-t1")
+    wait_for(lambda: len(sweeps.trials("pbt")) == 4, timeout=60, what="the second generation")
+    _, _, t2, t3 = sweeps.trials("pbt")
+    # Member 0 goes on from its own checkpoint; member 1 (the bottom half of two) copies member 0's, perturbed.
+    assert _origin(t2) == {"trial": 0, "job": "pbt-t0", "checkpoint": f"{sweeps.ns}/pbt-t0", "exploited": False}
+    assert _origin(t3) == {"trial": 0, "job": "pbt-t0", "checkpoint": f"{sweeps.ns}/pbt-t0", "exploited": True}
+    assert t3["spec"]["checkpoint"]["initFrom"] == f"{sweeps.ns}/pbt-t0" and t3["spec"]["trainer"]["maxSteps"] == 200
+    lr0 = json.loads(first[0]["metadata"]["annotations"][naming.ANNOTATION_TRIAL_PARAMETERS])["lr"]
+    assert json.loads(t3["metadata"]["annotations"][naming.ANNOTATION_TRIAL_PARAMETERS])["lr"] != lr0
+    # The trial's pods get the claim and the trainer is told where to start from.
+    sweeps.jobs.wait("pbt-t3", lambda s: s.get("readyReplicas") == 1, "pbt-t3 running", 90)
+    env = {e["name"]: e.get("value") for e in sweeps.jobs.pods("pbt-t3")[0].to_dict()["spec"]["containers"][0]["env"] or []}
+    assert env["KUBETRAIN_INIT_CHECKPOINT_DIR"].endswith(f"/{sweeps.ns}/pbt-t0")
+    # The operator dies; the generation ends while nobody watches; a new operator decides the next from the objects.
+    operator.kill()
+    for job, loss in (("pbt-t2", 1.6), ("pbt-t3", 1.4)):
+        sweeps.report(job, 200, loss)
+        sweeps.jobs.patch_status(job, {"phase": "Succeeded"})
+    operator.start()
+    wait_for(lambda: len(sweeps.trials("pbt")) == 6, timeout=60, what="the last generation after the restart")
+    trials = sweeps.trials("pbt")
+    assert [t["metadata"]["name"] for t in trials] == [f"pbt-t{n}" for n in range(6)]
+    # Member 1's line (t3, 1.4) is now the better: member 0 copies it.
+    assert _origin(trials[4])["job"] == "pbt-t3" and _origin(trials[4])["exploited"] is True
+    assert _origin(trials[5]) == {"trial": 3, "job": "pbt-t3", "checkpoint": f"{sweeps.ns}/pbt-t3", "exploited": False}
+    for job, loss in (("pbt-t4", 1.3), ("pbt-t5", 1.2)):
+        sweeps.report(job, 300, loss)
+        sweeps.finish(job)
+    st = sweeps.wait("pbt", lambda s: s.get("phase") == "Succeeded", "sweep Succeeded")
+    assert st["trials"]["succeeded"] == 6 and st["bestTrial"]["job"] == "pbt-t5" and st["bestTrial"]["step"] == 300
