@@ -72,3 +72,50 @@ def test_a_force_deleted_worker_uses_one_restart_and_is_replaced():
                   Observed(pods=[store, PodView.from_body(_pod(0)), lost], now=NOW))
     failed = next(c for c in capped.status["conditions"] if c["type"] == "Failed")
     assert failed["reason"] == "RestartLimitExceeded" and "NodeLost" in failed["message"]
+
+
+def _waiting(reason, message="failed to pull and unpack image \"localhost/nope:1\": connection refused"):
+    return {"waiting": {"reason": reason, "message": message}}
+
+
+def _pulling_job_round(pods, status, now):
+    return plan(_job(), _body(status), Observed(pods=[PodView.from_body(p) for p in pods], now=now))
+
+
+def test_a_missing_image_fails_the_job_after_the_grace_without_a_restart():
+    pods = [_pod(role=naming.ROLE_STORE, phase="Pending", ready=False, state=_waiting("ErrImagePull")),
+            *(_pod(s, phase="Pending", ready=False, state=_waiting("ImagePullBackOff")) for s in (0, 1))]
+    first = _pulling_job_round(pods, {}, NOW)
+    pulled = next(c for c in first.status["conditions"] if c["type"] == "ImagesPulled")
+    assert first.status["phase"] == "Pending" and pulled["status"] == "False" and pulled["reason"] == "ErrImagePull"
+    # The grace counts from the round that first saw it, not from the pods' creation five minutes ago.
+    within = _pulling_job_round(pods, first.status, NOW + timedelta(seconds=30))
+    assert within.status["phase"] == "Pending"
+    after = _pulling_job_round(pods, within.status, NOW + timedelta(seconds=61))
+    failed = next(c for c in after.status["conditions"] if c["type"] == "Failed")
+    assert after.status["phase"] == "Failed" and failed["reason"] == "ImagePullError" and "localhost/nope:1" in failed["message"]
+    assert after.status.get("restarts", 0) == 0 and {"j-rdzv", "j-w0-0", "j-w1-0"} <= set(after.delete)
+
+
+def test_a_pull_error_that_clears_is_forgotten():
+    failing = [_pod(role=naming.ROLE_STORE), _pod(0, phase="Pending", ready=False, state=_waiting("ErrImagePull"))]
+    first = _pulling_job_round(failing, {}, NOW)
+    pulled = _pulling_job_round([_pod(role=naming.ROLE_STORE), _pod(0)], first.status, NOW + timedelta(seconds=30))
+    assert next(c for c in pulled.status["conditions"] if c["type"] == "ImagesPulled")["status"] == "True"
+    # A new pull error later starts a new grace.
+    again = _pulling_job_round(failing, pulled.status, NOW + timedelta(seconds=120))
+    assert again.status["phase"] != "Failed"
+
+
+def test_an_image_that_can_never_be_pulled_fails_at_once():
+    never = [_pod(role=naming.ROLE_STORE), _pod(0, phase="Pending", ready=False, state=_waiting("ErrImageNeverPull", "image not present"))]
+    assert _pulling_job_round(never, {}, NOW).status["phase"] == "Failed"
+
+
+def test_an_init_containers_image_counts_too():
+    body = _pod(0, phase="Pending", ready=False, state={"waiting": {"reason": "PodInitializing"}})
+    body["status"]["initContainerStatuses"] = [{"name": "fetch-data", "state": _waiting("ImagePullBackOff")}]
+    first = _pulling_job_round([_pod(role=naming.ROLE_STORE), body], {}, NOW)
+    after = _pulling_job_round([_pod(role=naming.ROLE_STORE), body], first.status, NOW + timedelta(seconds=60))
+    failed = next(c for c in after.status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "ImagePullError" and "fetch-data" in failed["message"]

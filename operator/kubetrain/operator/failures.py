@@ -18,6 +18,7 @@ _DISRUPTION_REASONS = {
 # 128 + SIGKILL (grace 0, or the grace period ran out) and 128 + SIGTERM (stopped without writing a reason).
 KILLED_EXIT_CODES = {137, 143}
 IMAGE_PULL_WAITING = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
+PERMANENT_PULL_WAITING = {"InvalidImageName", "ErrImageNeverPull"}
 
 
 @dataclass(frozen=True)
@@ -90,9 +91,23 @@ def _lost(pod: dict[str, Any], code: int | None) -> Failure:
                                "its node was lost, or a user or controller deleted it", code)
 
 
-def image_pull_problem(pod: dict[str, Any]) -> Failure | None:
-    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+@dataclass(frozen=True)
+class PullProblem(Failure):
+    waiting: str = ""  # the kubelet's waiting reason, e.g. ImagePullBackOff
+
+    @property
+    def permanent(self) -> bool:
+        """No retry of the kubelet's can succeed: the name is invalid, or the policy forbids pulling a missing image."""
+        return self.waiting in PERMANENT_PULL_WAITING
+
+
+def image_pull_problem(pod: dict[str, Any]) -> PullProblem | None:
+    """A container of the pod (init containers too) waits for an image it cannot pull."""
+    status = pod.get("status") or {}
+    for cs in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
         waiting = (cs.get("state") or {}).get("waiting") or {}
         if waiting.get("reason") in IMAGE_PULL_WAITING:
-            return Failure(FailureReason.IMAGE_PULL_ERROR, f"{waiting['reason']}: {waiting.get('message', '')}".strip())
+            return PullProblem(FailureReason.IMAGE_PULL_ERROR,
+                               f"container {cs.get('name')}: {waiting['reason']}: {waiting.get('message', '')}".strip(),
+                               waiting=waiting["reason"])
     return None

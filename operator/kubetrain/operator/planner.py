@@ -28,7 +28,11 @@ from kubetrain.operator.failures import Failure, classify, image_pull_problem
 # the job's uid spreads the release over another interval of the same length,
 # so two jobs stuck on the same GPUs do not release (and retry) in lockstep.
 GANG_RELEASE_SECONDS = 60.0
-IMAGE_PULL_GRACE_SECONDS = 300.0
+# A pull that fails for this long (the kubelet retried it after 10, 20 and 40 s) is the job's error, not a
+# registry's hiccup: the job fails with ImagePullError, using no restart. Counted from the first round that
+# saw the failure (the ImagesPulled condition's lastTransitionTime), so a long pull that then fails gets it too.
+IMAGE_PULL_GRACE_SECONDS = 60.0
+IMAGES_PULLED = "ImagesPulled"
 STORE_LOST = "StoreLost"
 # Agents notice a lost store when a read fails: at once on a reset connection, after c10d's
 # read timeout (60 s) when the node vanished. Failures until then belong to the store loss.
@@ -104,10 +108,10 @@ def _essentials(body: Mapping[str, Any]) -> dict[str, Any]:
     disrupted = [dict(c) for c in status.get("conditions") or [] if c.get("type") == "DisruptionTarget"]
     if disrupted:
         kept["conditions"] = disrupted
-    containers = [{k: copy.deepcopy(c[k]) for k in ("name", "state", "lastState") if k in c}
-                  for c in status.get("containerStatuses") or []]
-    if containers:
-        kept["containerStatuses"] = containers
+    for key in ("initContainerStatuses", "containerStatuses"):  # an init container's image can fail to pull too
+        containers = [{k: copy.deepcopy(c[k]) for k in ("name", "state", "lastState") if k in c} for c in status.get(key) or []]
+        if containers:
+            kept[key] = containers
     return {"metadata": {k: meta[k] for k in ("name", "deletionTimestamp") if meta.get(k)}, "status": kept}
 
 
@@ -425,11 +429,19 @@ def _account_ended_workers(r: _Round) -> bool:
 
 
 def _image_never_pulled(r: _Round) -> bool:
-    """Image pull problems that persist are configuration errors."""
-    for p in r.workers:
-        problem = image_pull_problem(p.body) if p.active else None
-        if problem and p.created and (r.now - p.created).total_seconds() > IMAGE_PULL_GRACE_SECONDS:
-            return r.fail(problem.reason, f"worker {p.name}: {problem.message}")
+    """Image pull problems that persist are configuration errors: the store's and the workers' (a missing image
+    leaves every pod waiting, never Failed, so no other step would end the job)."""
+    found = next(((p, problem) for p in [*r.store, *r.workers] if p.active and (problem := image_pull_problem(p.body))), None)
+    if found is None:
+        if (r.st.conditions.get(IMAGES_PULLED) or {}).get("status") == "False":
+            r.st.condition(IMAGES_PULLED, True, "Pulled", "every pod's images are pulled or pulling")
+        return False
+    p, problem = found
+    message = f"{p.role} pod {p.name}: {problem.message}"
+    r.st.condition(IMAGES_PULLED, False, problem.waiting, message)
+    failing_since = _false_since(r.st, IMAGES_PULLED)
+    if problem.permanent or (failing_since and (r.now - failing_since).total_seconds() >= IMAGE_PULL_GRACE_SECONDS):
+        return r.fail(problem.reason, message)
     return False
 
 
