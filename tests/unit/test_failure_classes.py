@@ -119,3 +119,42 @@ def test_an_init_containers_image_counts_too():
     after = _pulling_job_round([_pod(role=naming.ROLE_STORE), body], first.status, NOW + timedelta(seconds=60))
     failed = next(c for c in after.status["conditions"] if c["type"] == "Failed")
     assert failed["reason"] == "ImagePullError" and "fetch-data" in failed["message"]
+
+
+def _torchrun_gave_up(exitcode: str) -> dict:
+    """The end of a torchrun log as the kubelet keeps it (FallbackToLogsOnError) after its workers kept failing."""
+    summary = f"""[rank0]: Traceback (most recent call last):
+[rank0]:   File "/scripts/train.py", line 3, in <module>
+[rank0]: ValueError: bad shape
+E1130 15:40:01.123000 1 torch/distributed/elastic/multiprocessing/api.py:874] failed (exitcode: 1) local_rank: 0
+torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+============================================================
+/scripts/train.py FAILED
+------------------------------------------------------------
+Failures:
+  <NO_OTHER_FAILURES>
+------------------------------------------------------------
+Root Cause (first observed failure):
+[0]:
+  time      : 2026-11-30_15:40:01
+  host      : j-w0-0
+  rank      : 0 (local_rank: 0)
+  exitcode  : {exitcode}
+  error_file: <N/A>
+  traceback : To enable traceback see: https://pytorch.org/docs/stable/elastic/errors.html
+============================================================"""
+    return _pod(phase="Failed", ready=False, state={"terminated": {"exitCode": 1, "reason": "Error", "message": summary}})
+
+
+def test_a_users_program_that_exits_by_itself_is_a_user_error_not_retried():
+    failure = classify(_torchrun_gave_up("1 (pid: 42)"))
+    assert failure.reason == "UserError" and "code 1" in failure.message
+    store = PodView.from_body(_pod(role=naming.ROLE_STORE))
+    p = plan(_job(), _body(RUNNING), Observed(pods=[store, PodView.from_body(_torchrun_gave_up("1 (pid: 42)"))], now=NOW))
+    failed = next(c for c in p.status["conditions"] if c["type"] == "Failed")
+    assert p.status["phase"] == "Failed" and failed["reason"] == "UserError" and p.status["restarts"] == 0
+
+
+def test_a_users_program_keeps_the_contracts_exit_codes_and_a_signal_stays_unknown():
+    assert classify(_torchrun_gave_up("4 (pid: 42)")).reason == "CommunicationTimeout"  # retried by default
+    assert classify(_torchrun_gave_up("-9 (pid: 42) SIGKILL")).reason == "Unknown"

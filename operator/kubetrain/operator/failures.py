@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,8 +81,25 @@ def classify(pod: dict[str, Any], node_gone: bool = False) -> Failure:
         # A real kubelet records the kill of a deleted pod's container (KWOK records none): the
         # same lost pod as above, whichever the operator happens to see first.
         return _lost(pod, code)
+    if (program := _program_exit(message)) is not None:
+        # A program that writes no reason (a user's own script): torchrun gave up after restarting it
+        # --max-restarts times, and says how its worker last ended. Exiting by itself is the program's
+        # error (an uncaught exception exits 1), as the built-in trainer's UserError is; the contract's
+        # exit codes keep their meaning (exit 4 on a collective error asks for a retry).
+        reason = EXIT_CODE_REASONS.get(program, FailureReason.USER_ERROR)
+        return Failure(reason, f"the job's program exited with code {program} (torchrun's root cause after its restarts)", code)
     detail = message.splitlines()[-1][:1024] if message else f"exit code {code}"
     return Failure(FailureReason.UNKNOWN, f"trainer exited with code {code}: {detail}", code)
+
+
+# torchrun's ChildFailedError summary, the end of its log (the termination message falls back to that).
+_ROOT_CAUSE_EXIT = re.compile(r"Root Cause \(first observed failure\):.*?exitcode\s*:\s*(-?\d+)", re.S)
+
+
+def _program_exit(message: str) -> int | None:
+    """The exit code of the worker process torchrun names as the root cause, if it exited by itself (not by a signal)."""
+    match = _ROOT_CAUSE_EXIT.search(message)
+    return int(match.group(1)) if match and int(match.group(1)) > 0 else None
 
 
 def _lost(pod: dict[str, Any], code: int | None) -> Failure:
