@@ -105,3 +105,39 @@ def test_grid_search_stops_when_every_combination_ran():
     plan = plan_sweep(sweep, body, [], SweepMemory(), NOW)
     batches = sorted(j["spec"]["trainer"]["batchSize"] for j in plan.create)
     assert batches == [4, 8]
+
+
+def test_a_pruned_trial_records_the_gpu_time_it_did_not_use():
+    sweep, body = _sweep(maxTrials=8, parallelism=1)
+    memory, jobs = SweepMemory(), []
+    for n in range(4):
+        job = plan_sweep(sweep, body, jobs, memory, NOW).create[0]
+        job["metadata"]["annotations"][naming.ANNOTATION_TRIAL_VALUES] = json.dumps({"10": 3.0, "30": 2.2, "90": 1.9, "300": 1.6})
+        jobs.append(_run(job, "Succeeded", 300, 1.6))
+    bad = _run(plan_sweep(sweep, body, jobs, memory, NOW).create[0], "Running", 10, 5.4)
+    plan_sweep(sweep, body, jobs + [bad], memory, NOW)
+    # 2 ready replicas of 4 GPUs since 11:00, stopped at step 31 at 12:00: 8 GPUs x 3600 s / 31 steps per step,
+    # and 269 steps it will not train.
+    bad = _run(bad, "Running", 31, 5.1)
+    bad["spec"]["container"]["gpusPerReplica"] = 4
+    bad["status"]["readyReplicas"] = 2
+    behind = plan_sweep(sweep, body, jobs + [bad], memory, NOW)
+    expected = round(8 * 3600 / 31 * (300 - 31), 1)
+    assert behind.saved_gpu_seconds == {"gpt-lr-t4": expected}
+    assert behind.status["prunedGpuSeconds"] == expected
+    # Fixed on the trial when it was pruned: a new operator reads it back from the annotation.
+    bad["metadata"]["annotations"].update({naming.ANNOTATION_TRIAL_OUTCOME: behind.prune["gpt-lr-t4"],
+                                           naming.ANNOTATION_TRIAL_SAVED_GPU_SECONDS: str(expected)})
+    bad["spec"]["suspend"] = True
+    later = plan_sweep(sweep, body, jobs + [bad], SweepMemory(), NOW + timedelta(hours=1))
+    assert later.status["prunedGpuSeconds"] == expected and later.status["trials"]["pruned"] == 1
+
+
+def test_cpu_trials_save_no_gpu_time():
+    from kubetrain.tuning.trials import saved_gpu_seconds
+
+    job = {"spec": {"container": {"gpusPerReplica": 0}}, "status": {"startTime": "2026-11-30T11:00:00Z", "readyReplicas": 2}}
+    assert saved_gpu_seconds(job, 31, 300, NOW) == 0.0
+    job["spec"]["container"]["gpusPerReplica"] = 1
+    assert saved_gpu_seconds(job, 0, 300, NOW) == 0.0  # no step made yet: no pace to go by
+    assert saved_gpu_seconds(job, 150, 300, NOW) == 2 * 3600.0

@@ -327,6 +327,10 @@ class TrainingSweepStatus(ApiModel):
     pruned_steps: int | None = Field(
         None, ge=0, description="Steps early stopping saved: for each pruned trial, maxSteps minus the step it stopped at."
     )
+    pruned_gpu_seconds: float | None = Field(
+        None, ge=0, description="GPU time early stopping saved: for each pruned trial, its remaining steps at the "
+        "GPU-seconds per step it had spent (an estimate fixed when it was pruned; divide by 3600 for GPU-hours).",
+    )
     start_time: datetime | None = Field(None, description="When the sweep started.")
     completion_time: datetime | None = Field(None, description="When the sweep Succeeded or Failed.")
 

@@ -29,6 +29,8 @@ ANNOTATION_TRIAL_OUTCOME = f"{GROUP}/trial-outcome"  # "Pruned: <why>" once earl
 # Population-based training: JSON {"trial", "job", "checkpoint", "exploited"}, the trial whose checkpoint
 # this one started from (its own member's previous generation, or a top member's when exploited).
 ANNOTATION_TRIAL_ORIGIN = f"{GROUP}/trial-origin"
+# GPU-seconds a pruned trial did not use (its remaining steps at the pace and size it trained at), fixed when pruned.
+ANNOTATION_TRIAL_SAVED_GPU_SECONDS = f"{GROUP}/trial-saved-gpu-seconds"
 
 ROLE_WORKER = "worker"
 ROLE_STORE = "rendezvous"

@@ -80,8 +80,9 @@ def execute(plan: SweepPlan, runtime: OperatorRuntime, namespace: str, name: str
             naming.ANNOTATION_TRIAL_VALUES: json.dumps({str(k): v for k, v in sorted(values.items())})}}})
     for job, reason in plan.prune.items():
         # Suspended, not deleted: its pods go, its checkpoint stays (a later resume could continue it).
-        _patch_job(runtime, namespace, job, {"metadata": {"annotations": {naming.ANNOTATION_TRIAL_OUTCOME: reason}},
-                                              "spec": {"suspend": True}})
+        annotations = {naming.ANNOTATION_TRIAL_OUTCOME: reason,
+                       naming.ANNOTATION_TRIAL_SAVED_GPU_SECONDS: str(plan.saved_gpu_seconds.get(job, 0.0))}
+        _patch_job(runtime, namespace, job, {"metadata": {"annotations": annotations}, "spec": {"suspend": True}})
     for job in plan.suspend:
         _patch_job(runtime, namespace, job, {"spec": {"suspend": True}})
     for job in plan.resume:

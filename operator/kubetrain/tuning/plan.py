@@ -20,7 +20,7 @@ from kubetrain.tuning.reports import ObjectiveReports, report_interval
 from kubetrain.tuning.space import InvalidTrial
 from kubetrain.tuning.status import trial_status
 from kubetrain.tuning.study import SweepStudy
-from kubetrain.tuning.trials import TrialRecord, record_from_job, thin, trial_job
+from kubetrain.tuning.trials import TrialRecord, record_from_job, saved_gpu_seconds, thin, trial_job
 
 FINISHED = ("Succeeded", "Pruned", "Failed")
 # The status field of a trial job's throughput that each objective reads.
@@ -42,6 +42,7 @@ class SweepPlan:
     create: list[dict[str, Any]] = field(default_factory=list)  # trial TrainingJobs
     record_values: dict[str, dict[int, float]] = field(default_factory=dict)  # trial job -> its values so far
     prune: dict[str, str] = field(default_factory=dict)  # trial job -> why (suspend it, record the outcome)
+    saved_gpu_seconds: dict[str, float] = field(default_factory=dict)  # pruned trial job -> GPU time not spent
     suspend: list[str] = field(default_factory=list)
     resume: list[str] = field(default_factory=list)
     delete_sweep: bool = False
@@ -107,6 +108,8 @@ def plan_sweep(sweep: TrainingSweep, body: dict[str, Any], jobs: list[dict[str, 
                     step = max(rec.values)
                     rec.state, rec.reason, rec.changed = "Pruned", f"Pruned: behind the other trials at step {step}", now
                     plan.prune[rec.job] = rec.reason
+                    rec.saved_gpu_seconds = saved_gpu_seconds(by_job[rec.job], step, spec.template.spec.trainer.max_steps, now)
+                    plan.saved_gpu_seconds[rec.job] = rec.saved_gpu_seconds
                     study.pruned(rec.number)
                     memory.told.add(rec.number)
                     plan.events.append(("Normal", "TrialPruned", f"trial {rec.number} ({rec.job}): {rec.reason}"))
@@ -196,5 +199,6 @@ def plan_sweep(sweep: TrainingSweep, body: dict[str, Any], jobs: list[dict[str, 
     st["trials"]["pending"] += len(plan.create)
     max_steps = spec.template.spec.trainer.max_steps
     st["prunedSteps"] = sum(max_steps - (r.last[0] if r.last else 0) for r in records if r.state == "Pruned")
+    st["prunedGpuSeconds"] = round(sum(r.saved_gpu_seconds for r in records if r.state == "Pruned"), 1)
     plan.status = st
     return plan

@@ -36,6 +36,7 @@ class TrialRecord:
     values: dict[int, float] = field(default_factory=dict)
     reason: str | None = None
     changed: datetime | None = None
+    saved_gpu_seconds: float = 0.0  # pruned trials: the GPU time early stopping saved (see saved_gpu_seconds)
 
     @property
     def last(self) -> tuple[int, float] | None:
@@ -61,6 +62,18 @@ def thin(values: dict[int, float], limit: int = MAX_VALUES) -> dict[int, float]:
         old, new = steps[: len(steps) - limit // 2], steps[len(steps) - limit // 2:]
         steps = old[::2] + new
     return {s: values[s] for s in steps}
+
+
+def saved_gpu_seconds(job: dict[str, Any], step: int, max_steps: int, now: datetime) -> float:
+    """The GPU time a trial stopped at ``step`` will not use: its remaining steps at the GPU-seconds per step it
+    has spent so far (GPUs of its ready workers x time since it started, over the steps it made). 0 when unknown."""
+    status, spec = job.get("status") or {}, job.get("spec") or {}
+    started = status.get("startTime")
+    gpus = (status.get("readyReplicas") or 0) * ((spec.get("container") or {}).get("gpusPerReplica") or 0)
+    if not started or step <= 0 or gpus <= 0:
+        return 0.0
+    elapsed = (now - datetime.fromisoformat(started.replace("Z", "+00:00"))).total_seconds()
+    return round(max(0.0, elapsed) * gpus / step * max(0, max_steps - step), 1)
 
 
 def trial_checkpoint_path(sweep: TrainingSweep, namespace: str, job: str) -> str:
@@ -134,5 +147,9 @@ def record_from_job(job: dict[str, Any]) -> TrialRecord | None:
         reason = f"{failed.get('reason', 'Failed')}: {failed.get('message', '')}".strip(": ")
     changed = status.get("completionTime") or status.get("startTime") or meta.get("creationTimestamp")
     when = datetime.fromisoformat(changed.replace("Z", "+00:00")) if isinstance(changed, str) else None
+    try:
+        saved = float(annotations.get(naming.ANNOTATION_TRIAL_SAVED_GPU_SECONDS, 0.0))
+    except ValueError:
+        saved = 0.0
     return TrialRecord(number=number, job=meta.get("name", ""), state=state, params=params, values=values,
-                       reason=reason, changed=when)
+                       reason=reason, changed=when, saved_gpu_seconds=saved)
