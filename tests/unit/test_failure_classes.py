@@ -158,3 +158,14 @@ def test_a_users_program_that_exits_by_itself_is_a_user_error_not_retried():
 def test_a_users_program_keeps_the_contracts_exit_codes_and_a_signal_stays_unknown():
     assert classify(_torchrun_gave_up("4 (pid: 42)")).reason == "CommunicationTimeout"  # retried by default
     assert classify(_torchrun_gave_up("-9 (pid: 42) SIGKILL")).reason == "Unknown"
+
+
+def test_a_pods_view_changes_with_any_change_of_the_pod():
+    # Kopf's index replaces a pod's view only when the new one compares unequal: a container that goes on to
+    # wait in ImagePullBackOff changes nothing but the body, and the view must still differ.
+    first = _pod(0, phase="Pending", ready=False, state={"waiting": {"reason": "ContainerCreating"}})
+    first["metadata"]["resourceVersion"] = "100"
+    later = _pod(0, phase="Pending", ready=False, state=_waiting("ImagePullBackOff"))
+    later["metadata"]["resourceVersion"] = "107"
+    assert PodView.from_body(first) != PodView.from_body(later)
+    assert PodView.from_body(later) == PodView.from_body(later)

@@ -55,6 +55,10 @@ class PodView:
     tracked: bool
     unschedulable: bool
     created: datetime | None
+    # The pod's resourceVersion. Kopf's index keeps a pod's old view while the new one compares equal,
+    # and ``body`` is not compared: without this a pod whose container only went on to wait in
+    # ImagePullBackOff (or got its IP) kept the view of its first event, and the job never failed.
+    version: str = ""
     body: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
     # Why its node counts as lost ("was deleted", "has been NotReady for ..."; operator/nodes.py): it is
     # lost with it, even while the API still shows it Running. Set by the reconcile, never from the body.
@@ -95,6 +99,7 @@ class PodView:
             tracked=naming.TRACKING_FINALIZER in (meta.get("finalizers") or []),
             unschedulable=unschedulable,
             created=_parse_time(created) if isinstance(created, str) else created,
+            version=str(meta.get("resourceVersion") or ""),
             body=_essentials(body),
         )
 
