@@ -61,3 +61,45 @@ def test_reports_are_means_between_report_steps():
     assert reports.observe(4, 4.0) == {} and reports.observe(4, 9.9) == {}  # the same step again is not news
     assert reports.observe(10, 2.0) == {10: 3.0}
     assert reports.observe(31, 1.0) == {31: 1.0}
+
+
+# Population-based training, small: 3 members x 45 steps in 3 generations of 15 (9 trial jobs). Seed 1 draws
+# learning rates 2.8e-4, 3.2e-3 and 1e-5: the last learns almost nothing on its own. No resampling, so every
+# copy is a top member's rate times 0.8 or 1.2.
+PBT = {
+    "apiVersion": "kubetrain.dev/v1alpha1", "kind": "TrainingSweep", "metadata": {"name": "pbt-cpu"},
+    "spec": {
+        "template": {"spec": {"trainer": {"maxSteps": 45, "batchSize": 8, "sequenceLength": 32,
+                                          "args": {"layers": "1", "d_model": "64", "heads": "2", "corpus_chars": "60000"}},
+                              "checkpoint": {"persistentVolumeClaim": {"claimName": "local"}, "intervalSteps": 15}}},
+        "parameters": [{"name": "lr", "target": "trainer.learningRate", "type": "float", "min": 1e-5, "max": 3e-2, "log": True}],
+        "algorithm": {"type": "pbt", "seed": 1, "pbt": {"intervalSteps": 15, "resampleProbability": 0}},
+        "earlyStopping": {"type": "none"},
+        "maxTrials": 3, "parallelism": 3,
+    },
+}
+
+
+@pytest.mark.timeout(900)
+def test_pbt_replaces_the_worst_member_with_a_copy_of_the_best(tmp_path):
+    out = io.StringIO()
+    result = run_sweep(parse_sweep(PBT), workdir=tmp_path, out=out)
+    print(out.getvalue())
+    assert result.returncode == 0 and [r.state for r in result.trials] == ["Succeeded"] * 9
+    by = {r.number: r for r in result.trials}
+    final = {n: by[n].last[1] for n in by}
+    for number, rec in by.items():
+        generation = number // 3
+        # A later generation's trial trained on from its generation's start, from a checkpoint (not from step 0).
+        assert rec.last[0] == 15 * (generation + 1) and min(rec.values) > 15 * generation
+        # Its checkpoints are its own, under the sweep's one checkpoint root.
+        assert (tmp_path / "checkpoints" / "default" / rec.job).is_dir()
+    gen0 = {m: final[m] for m in range(3)}
+    worst, best = max(gen0, key=gen0.get), min(gen0, key=gen0.get)
+    # The worst member's next trial copied the best one's checkpoint with its learning rate perturbed.
+    assert by[3 + worst].params["lr"] in (pytest.approx(by[best].params["lr"] * 0.8), pytest.approx(by[best].params["lr"] * 1.2))
+    assert "from trial" in out.getvalue() and "exploited" in out.getvalue()
+    # And it ended near the best member instead of where its own learning rate had left it.
+    last = {m: final[6 + m] for m in range(3)}
+    assert abs(last[worst] - min(last.values())) < abs(gen0[worst] - gen0[best])
+    assert result.best.number in (6, 7, 8)
