@@ -549,7 +549,8 @@ class GoodputSchedulingSpec(ApiModel):
     enabled: bool | None = Field(
         None,
         description="true: every interval the allocator sets this job's replicas between min and max to give each GPU "
-        "to the job that gains most from it (measured throughput; a restart is charged for every resize). false: the "
+        "to the job that gains most from it (its measured throughput, weighed by the statistical efficiency of its "
+        "reported gradient noise scale; every resize is charged what this job's resizes have cost it). false: the "
         "job grows to max when GPUs are free, as without the allocator, and is never resized by it. Unset: the "
         "operator's default (Helm value scheduling.goodput.default).",
     )
