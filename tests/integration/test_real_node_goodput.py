@@ -32,8 +32,12 @@ INTERVAL = 5  # seconds between allocator rounds here (60 by default)
 
 @pytest.fixture
 def goodput_chart(cluster, deployed):  # noqa: F811
-    """The chart upgraded to short allocator rounds (and back to its defaults afterwards)."""
-    values = [f"scheduling.goodput.intervalSeconds={INTERVAL}", "scheduling.goodput.restartSeconds=5"]
+    """The chart upgraded to short allocator rounds (and back to its defaults afterwards).
+
+    A 1 s default restart cost: a grow must repay it within max(interval, 2 restarts) = 5 s, a gain of x1.25,
+    which 1 -> 2 replicas is predicted to give (at 25 s it would have to repay within 50 s: x2, not quite).
+    """
+    values = [f"scheduling.goodput.intervalSeconds={INTERVAL}", "scheduling.goodput.restartSeconds=1"]
     subprocess.run(images.helm_install_argv("kubetrain", deployed, values), check=True, timeout=600)
     yield deployed
     subprocess.run(images.helm_install_argv("kubetrain", deployed), check=True, timeout=600)
