@@ -72,3 +72,22 @@ def test_the_timer_interval_is_the_configs():
     env = {"KUBETRAIN_RECONCILE_INTERVAL": "1.5"}
     assert reconcile_interval_from_env(env) == OperatorConfig.from_env(env).reconcile_interval_seconds == 1.5
     assert reconcile_interval_from_env({}) == OperatorConfig().reconcile_interval_seconds
+
+
+def test_a_job_s_event_reconciles_only_when_its_spec_labels_or_annotations_changed():
+    state = JobMemo()
+    body = {"metadata": {"generation": 1, "labels": {"a": "1"}, "annotations": {}}, "status": {"phase": "Pending"}}
+    assert state.changed(body)
+    # Our own status write comes back as an event: nothing the event handler must act on.
+    assert not state.changed(body | {"status": {"phase": "Running"}})
+    assert state.changed({"metadata": {**body["metadata"], "generation": 2}})
+    assert state.changed({"metadata": {**body["metadata"], "generation": 2, "labels": {"a": "2"}}})
+    assert not state.changed({"metadata": {**body["metadata"], "generation": 2, "labels": {"a": "2"}}})
+
+
+def test_kopf_keeps_no_diff_base_on_the_jobs():
+    """No last-handled-configuration annotation: one patch per job less, and no copy of every spec."""
+    storage = handlers.NoDiffBase()
+    patch = kopf.Patch()
+    storage.store(body=kopf.Body({"metadata": {}, "spec": {"a": 1}}), patch=patch, essence={"spec": {"a": 1}})
+    assert dict(patch) == {} and storage.fetch(body=kopf.Body({"metadata": {"annotations": {}}})) is None

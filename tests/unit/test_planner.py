@@ -346,3 +346,19 @@ def test_the_store_on_a_lost_node_is_a_store_loss_and_removed_at_once():
     p = plan(_job(), _body(status), _obs([store, _pod(0), _pod(1, node="n1")], placeable=0))
     assert "j-rdzv" in p.lost and "j-rdzv" in p.delete and p.create_store
     assert p.status["restarts"] == 1 and any(e[1] == "StoreLost" for e in p.events)
+
+
+def test_the_pod_index_keeps_what_the_planner_reads_not_the_whole_pod():
+    spec = {"containers": [{"env": [{"name": f"KUBETRAIN_{i}", "value": "x" * 50} for i in range(40)]}]}
+    body = {"metadata": {"name": "j-w0-0", "managedFields": [{"x": "y" * 1000}], "labels": {naming.LABEL_ROLE: "worker"}},
+            "spec": spec, "status": {"phase": "Failed", "podIP": "10.0.0.1", "qosClass": "Guaranteed",
+                                                   "containerStatuses": [{"name": "trainer", "imageID": "sha256:" + "f" * 64,
+                                                                          "state": {"terminated": {"exitCode": 3, "message": "OutOfMemory: CUDA"}}}]}}
+    view = PodView.from_body(body)
+    assert view.body == {"metadata": {"name": "j-w0-0"},
+                         "status": {"podIP": "10.0.0.1", "containerStatuses": [
+                             {"name": "trainer", "state": {"terminated": {"exitCode": 3, "message": "OutOfMemory: CUDA"}}}]}}
+    assert classify(view.body).reason == classify(body).reason == "OOMKilled"
+    # Copies: the index holds nothing of Kopf's body.
+    body["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] = 99
+    assert view.body["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 3

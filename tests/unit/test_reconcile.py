@@ -244,3 +244,11 @@ def test_a_woken_reconcile_writes_status_itself_and_leaves_errors_to_the_timer(c
     kube.refuse = _api_error(500, reason="InternalError")
     reconcile.woken(_body(name="k"), runtime, JobMemo(), LOG, NO_PODS)  # no raise: nothing awaits this thread
     assert "the timer tries again" in caplog.text
+
+
+def test_the_spec_is_parsed_once_per_generation():
+    runtime, state = _runtime(FakeKube()), JobMemo()
+    first = reconcile.parse(_body(generation=1), None, runtime, state, lambda *a, **k: None)
+    assert reconcile.parse(_body(generation=1), None, runtime, state, lambda *a, **k: None) is first
+    changed = reconcile.parse(_body({"replicas": {"min": 1, "max": 3}}, generation=2), None, runtime, state, lambda *a, **k: None)
+    assert changed is not first and changed.spec.replicas.max == 3

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -96,7 +96,7 @@ def fits_anywhere(spec: TrainingJobSpec, nodes: list[NodeInfo]) -> bool:
     return per == 0 or any(eligible(n, spec) and n.allocatable_gpus >= per for n in nodes)
 
 
-def pod_gpus(pod_spec: dict[str, Any], gpu_resource: str = "nvidia.com/gpu") -> int:
+def pod_gpus(pod_spec: Mapping[str, Any], gpu_resource: str = "nvidia.com/gpu") -> int:
     total = 0
     for c in pod_spec.get("containers") or []:
         res = c.get("resources") or {}

@@ -1,6 +1,6 @@
 """Kopf wiring only: settings, the runtime's start and stop, watch indexes, and handlers that delegate.
 
-Create, resume, update, a timer and the job's pod events call the same level-triggered
+The job's own events (listed, created, changed), a timer and its pods' and nodes' events call the same level-triggered
 ``reconcile.reconcile_job``; the pods and nodes it needs come from Kopf's in-memory
 indexes (fed by watches), so a reconcile makes no reads in the steady state and writes
 only on a difference. The runtime (``runtime.OperatorRuntime``) is in Kopf's memo,
@@ -31,6 +31,16 @@ from kubetrain.operator.settings import OperatorConfig, reconcile_interval_from_
 RECONCILE_INTERVAL = reconcile_interval_from_env()
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """No last-handled configuration on the jobs: the handlers take the job as it is (``job_event``)."""
+
+    def fetch(self, *, body: kopf.Body) -> None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: Any) -> None:
+        return None
+
+
 class _QuietSuccess(logging.Filter):
     """Drop Kopf's "Timer/Handler ... succeeded" lines: one per job per tick is noise, not news."""
 
@@ -46,9 +56,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.
     # Our API group for every annotation and finalizer Kopf writes.
     settings.persistence.finalizer = naming.FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration"
-    )
+    settings.persistence.diffbase_storage = NoDiffBase()
     settings.posting.level = logging.INFO
     logging.getLogger("kopf.objects").addFilter(_QuietSuccess())
     settings.watching.server_timeout = 300
@@ -82,7 +90,8 @@ def _gpu_resource(memo: kopf.Memo) -> str:
 
 @kopf.index("pods", labels={naming.LABEL_JOB: kopf.PRESENT})
 def job_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[tuple[str, str], planner.PodView]:
-    return {(namespace, labels[naming.LABEL_JOB]): planner.PodView.from_body(plain(body))}
+    # Read from Kopf's body without a deep copy of the whole pod: the view keeps copies of what it needs.
+    return {(namespace, labels[naming.LABEL_JOB]): planner.PodView.from_body(body)}
 
 
 @kopf.index("nodes")
@@ -91,33 +100,39 @@ def gpu_nodes(name: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict[str
 
 
 def _holds_gpus(spec: kopf.Spec, status: kopf.Status, memo: kopf.Memo, **_: Any) -> bool:
-    return bool(spec.get("nodeName")) and status.get("phase") not in ("Succeeded", "Failed") and capacity.pod_gpus(plain(spec), _gpu_resource(memo)) > 0
+    return bool(spec.get("nodeName")) and status.get("phase") not in ("Succeeded", "Failed") and capacity.pod_gpus(spec, _gpu_resource(memo)) > 0
 
 
 @kopf.index("pods", when=_holds_gpus)
 def gpus_in_use(spec: kopf.Spec, memo: kopf.Memo, **_: Any) -> dict[str, int]:
-    return {spec["nodeName"]: capacity.pod_gpus(plain(spec), _gpu_resource(memo))}
+    return {spec["nodeName"]: capacity.pod_gpus(spec, _gpu_resource(memo))}
 
 
 def _awaits_gpus(spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> bool:
     """Created, not bound yet, and not found unplaceable: the scheduler will give it GPUs first."""
     unschedulable = any(c.get("type") == "PodScheduled" and c.get("reason") == "Unschedulable" for c in status.get("conditions") or [])
     return (not spec.get("nodeName") and not meta.get("deletionTimestamp") and status.get("phase", "Pending") == "Pending"
-            and not unschedulable and capacity.pod_gpus(plain(spec), _gpu_resource(memo)) > 0)
+            and not unschedulable and capacity.pod_gpus(spec, _gpu_resource(memo)) > 0)
 
 
 @kopf.index("pods", when=_awaits_gpus)
 def gpus_pending(namespace: str, name: str, spec: kopf.Spec, memo: kopf.Memo, **_: Any) -> dict[tuple[str, str], int]:
-    return {(namespace, name): capacity.pod_gpus(plain(spec), _gpu_resource(memo))}
+    return {(namespace, name): capacity.pod_gpus(spec, _gpu_resource(memo))}
 
 
-@kopf.on.resume(GROUP, VERSION, PLURAL, backoff=RETRY_BACKOFF)
-@kopf.on.create(GROUP, VERSION, PLURAL, backoff=RETRY_BACKOFF)
-@kopf.on.update(GROUP, VERSION, PLURAL, backoff=RETRY_BACKOFF)
-def on_change(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: logging.Logger, job_pods: kopf.Index,
-              gpu_nodes: kopf.Index, gpus_in_use: kopf.Index, gpus_pending: kopf.Index, **_: Any) -> None:
-    reconcile.reconcile_job(body, patch, OperatorRuntime.of(memo), JobMemo.of(memo), logger,
-                            Indexes(job_pods, gpu_nodes, gpus_in_use, gpus_pending))
+# Not on.create/update/resume: those need Kopf's diff-base, a copy of each job's spec written to the job
+# (one more patch per job, and memory) only to tell what changed, which a level-triggered reconcile ignores.
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def job_event(type: str | None, namespace: str, name: str, body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo,
+              logger: logging.Logger, job_pods: kopf.Index, gpu_nodes: kopf.Index, gpus_in_use: kopf.Index,
+              gpus_pending: kopf.Index, **_: Any) -> None:
+    """Listed, created, or its spec, labels or annotations changed: reconcile now (our own status writes come
+    back as events too, and are left to the pods' wakes and the timer)."""
+    runtime, state, idx = OperatorRuntime.of(memo), JobMemo.of(memo), Indexes(job_pods, gpu_nodes, gpus_in_use, gpus_pending)
+    if type == "DELETED" or not state.changed(body):
+        return
+    runtime.wakes.register((namespace, name), functools.partial(reconcile.woken, body, runtime, state, logger, idx))
+    reconcile.on_event(body, patch, runtime, state, logger, idx)
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=RECONCILE_INTERVAL, initial_delay=1.0, backoff=RETRY_BACKOFF)

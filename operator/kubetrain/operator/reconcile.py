@@ -126,11 +126,33 @@ def woken(body: kopf.Body, runtime: OperatorRuntime, state: JobMemo, logger: log
         logger.exception("woken reconcile failed; the timer tries again")
 
 
-def parse(raw: dict[str, Any], body: Any, runtime: OperatorRuntime, state: JobMemo, post: Post) -> TrainingJob | None:
-    """The job's spec as models, or None after saying (once) in its status why it is not valid."""
+def on_event(body: kopf.Body, patch: kopf.Patch, runtime: OperatorRuntime, state: JobMemo, logger: logging.Logger,
+             idx: Indexes) -> None:
+    """A reconcile for a job's own event. Kopf retries no event handler: an error leaves the job's change
+    unseen (``JobMemo.seen``), so its next event or the timer's round tries again."""
     try:
-        return TrainingJob.model_validate({k: v for k, v in raw.items() if k != "status"}
-                                          | {"metadata": {"name": raw["metadata"]["name"], "namespace": raw["metadata"]["namespace"]}})
+        reconcile_job(body, patch, runtime, state, logger, idx)
+    except kopf.TemporaryError as exc:
+        state.seen = None
+        logger.info("reconcile: %s; the timer tries again", exc)
+    except Exception:
+        state.seen = None
+        raise
+
+
+def parse(raw: dict[str, Any], body: Any, runtime: OperatorRuntime, state: JobMemo, post: Post) -> TrainingJob | None:
+    """The job's spec as models, or None after saying (once) in its status why it is not valid.
+
+    Parsed once per generation (the spec changes only with it; the models are never changed in place):
+    validating the models is most of a quiet reconcile's CPU."""
+    generation = raw["metadata"].get("generation")
+    if state.parsed is not None and generation is not None and state.parsed[0] == generation:
+        return state.parsed[1]
+    try:
+        job = TrainingJob.model_validate({k: v for k, v in raw.items() if k != "status"}
+                                         | {"metadata": {"name": raw["metadata"]["name"], "namespace": raw["metadata"]["namespace"]}})
+        state.parsed = (generation, job)
+        return job
     except ValidationError as exc:
         # Passed the CRD but not the models (e.g. an older CRD): say so once, never crash or loop.
         message = "; ".join(format_errors(exc))
