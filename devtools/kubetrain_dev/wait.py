@@ -13,6 +13,10 @@ class WaitTimeout(TimeoutError):
     """A condition did not hold before its deadline; the message says what and the last state seen."""
 
 
+class Unrecoverable(Exception):
+    """Raised by a probe: stop waiting, the condition can never hold (e.g. the process it waits for exited)."""
+
+
 def wait_for(
     probe: Callable[[], T],
     *,
@@ -24,8 +28,9 @@ def wait_for(
     """Call ``probe`` until it returns something truthy, and return that.
 
     Exceptions from ``probe`` count as "not yet" (an apiserver that is still
-    starting refuses connections); the last one is reported on timeout. The
-    interval backs off so that a long wait does not hammer the apiserver.
+    starting refuses connections); the last one is reported on timeout, and
+    ``Unrecoverable`` ends the wait at once. The interval backs off so that a
+    long wait does not hammer the apiserver.
     """
     deadline = time.monotonic() + timeout
     last: object = None
@@ -35,6 +40,8 @@ def wait_for(
             if result:
                 return result
             last = result
+        except Unrecoverable:
+            raise
         except Exception as exc:  # noqa: BLE001 - "not ready yet" takes many forms
             last = exc
         if time.monotonic() >= deadline:
