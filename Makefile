@@ -35,7 +35,7 @@ APT_PACKAGES := prometheus containerd runc containernetworking-plugins buildah d
 APT_CHECK := promtool containerd runc /usr/lib/cni/bridge buildah debootstrap iptables conntrack
 
 .PHONY: tools
-tools: $(STAMP) ## Build the control plane, KWOK, helm and the real node (kubelet, kube-proxy, CoreDNS, pause) from the Go module proxy (cached in ~/.cache/kubetrain); install Debian's packages
+tools: $(STAMP) ## Build the control plane, KWOK, Kueue, helm and the real node (kubelet, kube-proxy, CoreDNS, pause) from the Go module proxy (cached in ~/.cache/kubetrain); install Debian's packages
 	( for c in $(APT_CHECK); do command -v $$c >/dev/null || [ -x $$c ] || exit 1; done ) \
 	  || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); }
 	$(PY) -m kubetrain_dev.devcluster build
@@ -57,7 +57,7 @@ demo: $(STAMP) ## Train the built-in GPT locally: examples/minimal.yaml on two C
 	$(PY) -m kubetrain.cli run examples/minimal.yaml
 
 .PHONY: cluster
-cluster: tools ## Start a local control plane with 4 simulated 8-GPU nodes and one real CPU node (prints the KUBECONFIG line)
+cluster: tools ## Start a local control plane with 4 simulated 8-GPU nodes, Kueue and one real CPU node (prints the KUBECONFIG line)
 	$(PY) -m kubetrain_dev.devcluster up --real-node
 
 .PHONY: cluster-down

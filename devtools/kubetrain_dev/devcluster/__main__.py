@@ -16,12 +16,15 @@ import time
 from pathlib import Path
 
 from kubetrain_dev.devcluster import build, gpu_pool, images, real_node
+from kubetrain_dev.devcluster.kueue import LocalKueue
 from kubetrain_dev.devcluster.cluster import COMPONENTS, LocalCluster
 
 log = logging.getLogger("kubetrain_dev.devcluster")
 
 # What `up` needs; helm and kubeconform are for chart tests, not the cluster.
 CLUSTER_COMPONENTS = ["kubernetes", "etcd", "kwok"]
+# Started beside the control plane unless `up --no-kueue` (devcluster/kueue.py, docs/kueue.md).
+KUEUE_COMPONENTS = ["kueue"]
 
 
 def state_dir() -> Path:
@@ -43,7 +46,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             log.warning("this cluster runs without the real node: `down`, then `up --real-node`")
         _print_export(existing)
         return 0
-    failures = build.ensure(CLUSTER_COMPONENTS)
+    failures = build.ensure(CLUSTER_COMPONENTS + ([] if args.no_kueue else KUEUE_COMPONENTS))
     if failures:
         for name, err in failures.items():
             log.error("build of %s failed: %s", name, err)
@@ -65,6 +68,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         names = gpu_pool.create_pool(cluster.api_client(), nodes=args.nodes, gpus=args.gpus)
         log.info("%d simulated nodes x %d %s Ready in %.1fs total: %s", len(names), args.gpus,
                  gpu_pool.GPU_RESOURCE, time.monotonic() - started, ", ".join(names))
+        if not args.no_kueue:
+            LocalKueue(cluster, die_with_parent=False).start()
+            log.info("kueue %s Ready in %.1fs total (CRDs, manager, webhooks)", build.COMPONENTS["kueue"].version,
+                     time.monotonic() - started)
         if args.real_node:
             node = real_node.RealNode.for_cluster(cluster, die_with_parent=False)
             node.up(cluster.api_client())
@@ -74,6 +81,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         log.error("%s", exc)
         if node is not None:
             node.down()
+        LocalKueue(cluster).stop()
         cluster.stop()
         return 1
     log.info("logs: %s; stop with: python -m kubetrain_dev.devcluster down", cluster.log_dir)
@@ -89,6 +97,10 @@ def cmd_down(args: argparse.Namespace) -> int:
         node.down()
         log.info("real node stopped and the host restored")
     cluster = LocalCluster.from_state(state_dir())
+    kueue = LocalKueue.recorded(cluster)
+    if kueue is not None:
+        kueue.stop()
+        log.info("stopped kueue")
     running = cluster.running()
     cluster.stop()
     if running:
@@ -103,6 +115,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     running = {r.name for r in cluster.running()}
     for name in COMPONENTS:
         print(f"{name:24} {'running' if name in running else 'stopped'}")
+    print(f"{'kueue':24} {'running' if LocalKueue.recorded(cluster) else 'stopped'}")
     if not cluster.is_healthy():
         print("kube-apiserver not ready")
         return 1
@@ -154,6 +167,7 @@ def parser() -> argparse.ArgumentParser:
     # Off unless asked (`make cluster` asks): the real node needs root and changes the host's network.
     up.add_argument("--real-node", action="store_true",
                     help="also start the real CPU node (kubelet, containerd, bridge cni0, iptables guards, CoreDNS)")
+    up.add_argument("--no-kueue", action="store_true", help="do not start Kueue (its CRDs, manager and webhooks)")
     up.set_defaults(func=cmd_up)
     sub.add_parser("down", help="stop the cluster (idempotent)").set_defaults(func=cmd_down)
     sub.add_parser("status", help="which components run; exit 1 unless all do").set_defaults(func=cmd_status)

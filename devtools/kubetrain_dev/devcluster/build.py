@@ -63,12 +63,17 @@ COMPONENTS = {
     "kubernetes-node": Component("kubernetes-node", versions.KUBERNETES, ("kubelet", "kube-proxy")),
     "coredns": Component("coredns", versions.COREDNS, ("coredns",)),
     "pause": Component("pause", versions.PAUSE, ("pause",)),
+    "kueue": Component("kueue", versions.KUEUE, ("kueue",)),
     "training-operator": Component("training-operator", versions.TRAINING_OPERATOR, ("training-operator.v1",), default=False),
 }
 
 TRAINING_OPERATOR_MODULE = "github.com/kubeflow/training-operator"
 # The CRDs the benchmark installs, copied from the module next to the binary.
 TRAINING_OPERATOR_CRDS = ("kubeflow.org_pytorchjobs.yaml",)
+KUEUE_MODULE = "sigs.k8s.io/kueue"
+KUEUE_CRD_SOURCE = "config/components/crd/bases"
+# Kueue's webhook configurations (services rewritten to a loopback URL by devcluster/kueue.py).
+KUEUE_WEBHOOKS = "config/components/webhook/manifests.yaml"
 
 
 def binary(tool: str) -> Path:
@@ -198,16 +203,34 @@ def build_training_operator(comp: Component) -> None:
 
 def copy_training_operator_crds(comp: Component) -> Path:
     """Copy the PyTorchJob CRD out of the Go module cache into the component's folder; return that folder."""
-    out = crd_dir(comp)
-    if all((out / f).is_file() for f in TRAINING_OPERATOR_CRDS):
+    return copy_module_files(comp, TRAINING_OPERATOR_MODULE, "manifests/base/crds", TRAINING_OPERATOR_CRDS, crd_dir(comp))
+
+
+def copy_module_files(comp: Component, module: str, src_dir: str, names: tuple[str, ...], out: Path) -> Path:
+    """Copy ``names`` (every YAML file when empty) from ``src_dir`` of ``module@comp.version`` (the
+    Go module cache downloads it once) into ``out``; return ``out``. Nothing is copied twice."""
+    if any(out.glob("*.yaml")) if not names else all((out / Path(f).name).is_file() for f in names):
         return out
-    info = json.loads(_go(["mod", "download", "-json", f"{TRAINING_OPERATOR_MODULE}@{comp.version}"], cache_root(),
-                          {"GOFLAGS": ""}))
-    src = Path(info["Dir"]) / "manifests" / "base" / "crds"
+    info = json.loads(_go(["mod", "download", "-json", f"{module}@{comp.version}"], cache_root(), {"GOFLAGS": ""}))
+    src = Path(info["Dir"]) / src_dir
     out.mkdir(parents=True, exist_ok=True)
-    for name in TRAINING_OPERATOR_CRDS:
-        shutil.copyfile(src / name, out / name)
+    for name in names or tuple(sorted(p.name for p in src.glob("*.yaml"))):
+        shutil.copyfile(src / name, out / Path(name).name)
     return out
+
+
+def build_kueue(comp: Component) -> None:
+    # No replace directives in its go.mod (v0.19.2), so a plain `go install` works. The CRDs and
+    # the webhook configurations come from the same module download.
+    _go_install(comp, f"{KUEUE_MODULE}/cmd/kueue")
+    kueue_manifests(comp)
+
+
+def kueue_manifests(comp: Component) -> tuple[Path, Path]:
+    """Kueue's CRD folder and its webhook configurations file, copied from its module if missing."""
+    crds = copy_module_files(comp, KUEUE_MODULE, KUEUE_CRD_SOURCE, (), crd_dir(comp))
+    webhooks = copy_module_files(comp, KUEUE_MODULE, "", (KUEUE_WEBHOOKS,), comp.bin_dir.parent / "webhook")
+    return crds, webhooks / Path(KUEUE_WEBHOOKS).name
 
 
 NODE_SOURCES = Path(__file__).parent / "node"
@@ -257,6 +280,7 @@ BUILDERS = {
     "kwok": lambda c: _go_install(c, "sigs.k8s.io/kwok/cmd/kwok"),
     "helm": build_helm,
     "kubeconform": lambda c: _go_install(c, "github.com/yannh/kubeconform/cmd/kubeconform"),
+    "kueue": build_kueue,
     "training-operator": build_training_operator,
 }
 

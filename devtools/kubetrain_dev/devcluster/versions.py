@@ -11,6 +11,9 @@ COREDNS = "v1.15.0"
 PAUSE = "3.10"
 # The local base image of `make images`: debootstrapped Debian with python3.
 DEBIAN_SUITE = "bookworm"
+# Kueue (queues, quotas, preemption) beside the control plane: devcluster/kueue.py. The proxy
+# serves v0.19.2 though `go list -m -versions` lists only v0.17.0: ask for the tag itself.
+KUEUE = "v0.19.2"
 # Kubeflow's PyTorchJob operator, the baseline of the control-plane benchmark
 # (bench/control_plane.py). Not part of the cluster: built only when named.
 TRAINING_OPERATOR = "v1.9.3"
