@@ -20,12 +20,13 @@ from kubernetes import client
 from kubetrain_dev.devcluster import build, gpu_pool, hostnet, real_node
 from kubetrain_dev.devcluster.cluster import LocalCluster
 from kubetrain_dev.wait import wait_for
+from support.real_node_setting import real_node_setting
 
 HERE = Path(__file__).parent
 CLUSTER_COMPONENTS = ["kubernetes", "etcd", "kwok"]
-# Opt-in until the real-node tests have proven reliable in CI: they need root, Debian's
-# containerd/runc/buildah and change the host's network (restored at the end of the session).
-REAL_NODE = os.environ.get("KUBETRAIN_REAL_NODE") == "1"
+
+
+REAL_NODE, REAL_NODE_WHY = real_node_setting()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -93,7 +94,7 @@ def namespace(cluster: Cluster) -> Iterator[str]:
 def node(cluster: Cluster) -> Iterator[real_node.RealNode]:
     """The real node (kubelet, containerd, CoreDNS) joined to the session's control plane; the host restored after."""
     if not REAL_NODE:
-        pytest.skip("real-node tests are opt-in: KUBETRAIN_REAL_NODE=1 (root, `make tools`)")
+        pytest.skip(f"real-node tests not run: {REAL_NODE_WHY}")
     failures = build.ensure(real_node.NODE_COMPONENTS)
     missing = real_node.missing_prerequisites()
     if failures or missing:
