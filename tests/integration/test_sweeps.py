@@ -90,7 +90,17 @@ def sweeps(cluster, operator, namespace) -> Iterator[Sweeps]:
     wait_gone(lambda: s.jobs.core.list_namespaced_pod(namespace).items, f"pods in {namespace}", timeout=90)
 
 
-def test_trials_run_within_parallelism_asha_prunes_and_the_sweep_succeeds(sweeps):
+def _series(operator: Operator, name: str, sweep: str, namespace: str) -> dict[str, float]:
+    """The operator's exported samples of ``name`` for one sweep, by their state label ("" without one)."""
+    from prometheus_client.parser import text_string_to_metric_families
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=10).read().decode()
+    return {s.labels.get("state", ""): s.value for f in text_string_to_metric_families(text) for s in f.samples
+            if s.name == name and s.labels.get("trainingsweep") == sweep and s.labels.get("namespace") == namespace}
+
+
+def test_trials_run_within_parallelism_asha_prunes_and_the_sweep_succeeds(sweeps, operator):
     sweeps.create(sweep_manifest("lr", max_trials=4))
     wait_for(lambda: len(sweeps.trials("lr")) == 2, timeout=60, what="two trials created")
     t0, t1 = (t["metadata"]["name"] for t in sweeps.trials("lr"))
@@ -113,6 +123,14 @@ def test_trials_run_within_parallelism_asha_prunes_and_the_sweep_succeeds(sweeps
     assert st["trials"] == {"pending": 0, "running": 0, "succeeded": 3, "pruned": 1, "failed": 0}
     assert st["bestTrial"]["job"] == "lr-t3" and st["bestTrial"]["value"] == 1.1
     assert st["prunedSteps"] == 300 - 31 and len(json.dumps(st)) < 16 * 1024
+    # The pruned trial held 8 GPUs: what it did not train is GPU time saved, estimated from its own pace.
+    assert st["prunedGpuSeconds"] > 0
+    # The operator's series say what the status says.
+    trials = _series(operator, "kubetrain_operator_sweep_trials", "lr", sweeps.ns)
+    assert trials == {"Pending": 0, "Running": 0, "Succeeded": 3, "Pruned": 1, "Failed": 0}
+    assert _series(operator, "kubetrain_operator_sweep_best_value", "lr", sweeps.ns) == {"": 1.1}
+    assert _series(operator, "kubetrain_operator_sweep_saved_trial_steps", "lr", sweeps.ns) == {"": 300 - 31}
+    assert _series(operator, "kubetrain_operator_sweep_saved_gpu_seconds", "lr", sweeps.ns) == {"": st["prunedGpuSeconds"]}
 
 
 def test_operator_sigkill_loses_no_trial_and_runs_none_twice_then_suspend_and_delete(sweeps, operator):

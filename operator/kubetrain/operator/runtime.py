@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from kubetrain.operator import capacity
 from kubetrain.operator.allocation import GoodputAllocator
 from kubetrain.operator.metrics import OperatorMetrics
+from kubetrain.operator.sweep_metrics import SweepMetrics
 from kubetrain.operator.nodes import DeletedNodes
 from kubetrain.operator.settings import OperatorConfig
 from kubetrain.operator.throughput import PodScrapeSource, PrometheusSource, ThroughputReader
@@ -46,6 +47,7 @@ class OperatorRuntime:
         # Our own registry, not prometheus_client's global one: two runtimes (tests) never share series.
         self.registry = CollectorRegistry()
         self.metrics = OperatorMetrics(self.registry)
+        self.sweep_metrics = SweepMetrics(self.registry)
         self.reservations = capacity.Reservations()
         if throughput is None:
             source = PrometheusSource(config.prometheus_url) if config.prometheus_url else PodScrapeSource()
@@ -109,22 +111,8 @@ class JobMemo:
     placement: dict[str, Any] = field(default_factory=dict)
     placement_key: str | None = None
     admission_seen: bool = False
-    # The job's spec as models, and the generation it was parsed at (reconcile.parse).
-    parsed: tuple[int, Any] | None = None
-    # The job's generation, labels and annotations its event handler last reconciled (None: not yet).
-    seen: tuple[Any, ...] | None = None
-    # The job's events, its timer and its wakes run in threads: one reconcile of a job at a time.
+    # Create, update, resume and the timer run in Kopf's worker threads: one reconcile of a job at a time.
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
-
-    def changed(self, body: Any) -> bool:
-        """Whether the job's spec, labels or annotations changed since the event handler last saw them (and note them)."""
-        meta = body["metadata"]
-        seen = (meta.get("generation"), dict(meta.get("labels") or {}), dict(meta.get("annotations") or {}),
-                bool(meta.get("deletionTimestamp")))
-        if seen == self.seen:
-            return False
-        self.seen = seen
-        return True
 
     @classmethod
     def of(cls, memo: kopf.Memo) -> JobMemo:

@@ -123,6 +123,7 @@ def reconcile_sweep(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger:
         except ApiException as exc:
             state.memory = SweepMemory()  # what was asked may not have been created: rebuild from the objects
             raise kopf.TemporaryError(f"Kubernetes API answered {exc.status} {exc.reason}; retrying", delay=RETRY_BACKOFF) from None
+        runtime.sweep_metrics.observe(ns, sweep.metadata.name, plan.status)
         changes = {k: v for k, v in plan.status.items() if raw["status"].get(k) != v}
         if changes:
             patch.status.update(changes)
@@ -137,6 +138,12 @@ def reconcile_sweep(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger:
 def on_sweep_change(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: logging.Logger,
                     sweep_trials: kopf.Index, **_: Any) -> None:
     reconcile_sweep(body, patch, memo, logger, sweep_trials)
+
+
+@kopf.on.delete(GROUP, VERSION, SWEEP_PLURAL, optional=True)
+def on_sweep_delete(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+    # Its trials go with it (owner references); its series go here, so the exposition tracks live sweeps.
+    OperatorRuntime.of(memo).sweep_metrics.forget(namespace, name)
 
 
 @kopf.timer(GROUP, VERSION, SWEEP_PLURAL, interval=RECONCILE_INTERVAL, initial_delay=1.0, backoff=RETRY_BACKOFF)
