@@ -29,9 +29,10 @@ import torch
 import torch.distributed as dist
 
 from kubetrain.contract import TrainerContract
-from kubetrain_trainer.api import WorkloadContext, load_workload
 from kubetrain_trainer.config import detect_capabilities, validate
-from kubetrain_trainer.trainer import DistEnv, Trainer
+from kubetrain_trainer.factory import build_trainer, device_for
+from kubetrain_trainer.hooks import StepRecorder
+from kubetrain_trainer.trainer import DistEnv
 
 
 def _mode(m) -> tuple[str, dict]:
@@ -55,11 +56,7 @@ def main() -> None:
     out_path = sys.argv[2]
     caps = detect_capabilities()
     env = DistEnv.from_environ()
-    if caps.device_type == "cuda":
-        device = torch.device("cuda", env.local_rank % torch.cuda.device_count())
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
+    device = device_for(caps, env)
     dist.init_process_group(caps.backend, timeout=timedelta(seconds=300))
     base = TrainerContract(job_name="bench-modes", namespace="bench", metrics_enabled=False, checkpoint_dir="",
                            **spec["contract"])
@@ -91,15 +88,15 @@ def main() -> None:
                 continue
             rec = {"mode": key, "round": rnd}
             try:
-                workload = load_workload(contract.workload, WorkloadContext(contract, env.rank, env.world_size, device))
-                trainer = Trainer(contract, env, workload, device=device, backend=caps.backend, device_name=caps.device_name)
+                steps = StepRecorder(limit=None)
+                trainer = build_trainer(contract, env, caps=caps, hooks=[steps])
                 t0 = time.monotonic()
                 res = trainer.fit()
-                rec.update(ok=True, seconds=time.monotonic() - t0, step_seconds=res.step_seconds, comm_bytes=res.comm_bytes,
-                           first_loss=res.losses[0], last_loss=res.losses[-1], losses=res.losses,
-                           compression_errors=res.compression_errors,
+                rec.update(ok=True, seconds=time.monotonic() - t0, step_seconds=steps.step_seconds, comm_bytes=steps.comm_bytes,
+                           first_loss=res.first_loss, last_loss=res.last_loss, losses=steps.losses,
+                           compression_errors=steps.compression_errors,
                            params=sum(p.numel() for p in trainer.model.parameters()))
-                del trainer, workload
+                del trainer
             except Exception as exc:  # noqa: BLE001 - recorded; the other modes still run
                 rec.update(ok=False, error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()[-3000:])
             gc.collect()

@@ -24,24 +24,14 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler
 
+from bench.probe_kubetrain import StepStamps
 from kubetrain.contract import TrainerContract
-from kubetrain_trainer import trainer as _trainer
-from kubetrain_trainer.api import WorkloadContext, load_workload
+from kubetrain_trainer.api import WorkloadContext
 from kubetrain_trainer.builtin_gpt import GPT, TokenWindows, config_from, generate_corpus, lm_loss
 from kubetrain_trainer.config import detect_capabilities
+from kubetrain_trainer.factory import build_trainer
 from kubetrain_trainer.process_exit import exit_process
-from kubetrain_trainer.trainer import DistEnv, Trainer
-
-_stamps: list[float] = []
-_original = _trainer.Trainer.train_step
-
-
-def _stamped(self, batch):
-    _stamps.append(time.perf_counter())
-    return _original(self, batch)
-
-
-_trainer.Trainer.train_step = _stamped
+from kubetrain_trainer.trainer import DistEnv
 
 
 def main() -> None:
@@ -57,16 +47,9 @@ def main() -> None:
                                metrics_enabled=True, **spec["contract"])
     ctx = WorkloadContext(contract, env.rank, env.world_size, device)
 
-    # kubetrain: the Trainer as main.run builds it, with the exporter's registry on local rank 0.
-    metrics = None
-    if env.local_rank == 0:
-        from prometheus_client import CollectorRegistry
-
-        from kubetrain_trainer.metrics import TrainerMetrics
-
-        metrics = TrainerMetrics(CollectorRegistry(), job="bench", namespace="bench", pod="bench-w0-0")
-    trainer = Trainer(contract, env, load_workload(contract.workload, ctx), device=device, backend=caps.backend,
-                      device_name=caps.device_name, metrics=metrics)
+    # kubetrain: the Trainer as main.run builds it (the factory), with the exporter's registry on local rank 0.
+    stamps = StepStamps()
+    trainer = build_trainer(contract, env, caps=caps, hooks=[stamps])
 
     # plain: bench/plain_ddp.py's loop.
     cfg = config_from(ctx)
@@ -103,12 +86,12 @@ def main() -> None:
         return stamps
 
     def kubetrain_segment(n: int) -> list[float]:
-        _stamps.clear()
+        stamps.stamps.clear()
         trainer.contract = contract.replace(max_steps=n)
         trainer.fit()
         if cuda:
             torch.cuda.synchronize()
-        return [*_stamps, time.perf_counter()]
+        return [*stamps.stamps, time.perf_counter()]
 
     segments = []
     for i in range(spec["pairs"]):

@@ -17,6 +17,11 @@ Step time = the mean interval between step starts after the warm-up steps
 (throughput; right for asynchronous GPUs too); the median interval is kept as
 well. Overhead = kubetrain / plain − 1 per pair; the table gives its median
 and range over the pairs.
+
+The trainer's per-step bookkeeping (the seams: ``StepStats`` row and gather
+read-out, ``StepRecord``, the metrics processor with the exporter, the hook
+dispatch) is also timed on its own, in this process (``seams_cost``): the
+whole of it against the step time says what it can add at most.
 """
 
 from __future__ import annotations
@@ -103,6 +108,46 @@ def run_side(side: str, p: dict, nproc: int, workdir: Path, index: int) -> dict:
             "tokens_per_second": nproc * p["batch"] * p["seq"] / mean}
 
 
+def seams_cost(repeats: int = 5, steps: int = 2000) -> dict | None:
+    """Seconds per step of everything ``Trainer.fit`` does around ``train_step`` besides the collectives, the
+    probes and the data: a 2-rank gather's read-out, the StepRecord, the metrics processor with its exporter
+    (two processes per pod) and two step hooks. Median and range over ``repeats`` runs of ``steps`` steps."""
+    import torch
+    from prometheus_client import CollectorRegistry
+
+    from kubetrain.contract import TrainerContract
+    from kubetrain_trainer.hooks import StepHook, StepRecorder
+    from kubetrain_trainer.metrics import TrainerMetrics
+    from kubetrain_trainer.metrics_processor import MetricsProcessor
+    from kubetrain_trainer.stats import StepRecord, StepStats
+    from kubetrain_trainer.trainer import _Gathered
+
+    per_step = []
+    for _ in range(repeats):
+        proc = MetricsProcessor(TrainerContract(max_steps=10**9), rank=0, world_size=2, restart_count=0, local_world_size=2,
+                                exporter=TrainerMetrics(CollectorRegistry(), trainingjob="b", namespace="b", pod="b-0"),
+                                flops_per_token=1e6, peak_flops=None)
+        proc.start(step=0, checkpoint_saved_at=None)
+        hooks = (StepHook(), StepRecorder())
+        t0 = time.perf_counter()
+        for step in range(1, steps + 1):
+            for h in hooks:
+                h.on_step_start(step)
+            mine = StepStats(loss_sum=2.0 * 8, samples=8, tokens=1024, local_rank=0, communicated_bytes=step * 1e6,
+                             data_loading_seconds=0.01 * step, cpu_seconds=0.1 * step, rss_bytes=1e9)
+            row = torch.tensor(mine.row(), dtype=torch.float64)
+            gathered = _Gathered(torch.stack([row, row]))
+            totals = gathered.totals()
+            rec = StepRecord(step=step, loss=totals.loss_sum / totals.samples, step_seconds=0.1, job_tokens=int(totals.tokens),
+                             job_samples=int(totals.samples), comm_bytes=1000, compression_error=gathered.mean_where_set("compression_error"),
+                             noise_scale=None, goodput=0.9, stopping=int(totals.stop), pod=gathered.of_pod(0))
+            proc.observe(rec)
+            for h in hooks:
+                h.on_step_end(rec)
+        per_step.append((time.perf_counter() - t0) / steps)
+    return summary(per_step)
+
+
 def run_segments(p: dict, nproc: int, workdir: Path) -> list[dict]:
     """The fine-grained A/B (bench/overhead_worker.py): both loops in the same processes, alternating segments."""
     spec = {"pairs": p["segment_pairs"], "steps": p["segment_steps"], "warmup": p["segment_warmup"],
@@ -175,7 +220,7 @@ def main(argv: list[str] | None = None) -> Path:
     res["plain_tokens_per_second"] = side("plain", "tokens_per_second")
     res["overhead"] = summary(r["overhead"] for r in pairs)
     res["overhead_by_median_interval"] = summary(r["overhead_median_interval"] for r in pairs)
-    res["target_overhead"] = 0.02
+    res["target_overhead"] = 0.01
     seg_pairs = []
     for i in sorted({sg["pair"] for sg in segments}):
         k = [sg for sg in segments if sg["pair"] == i and sg["side"] == "kubetrain"]
@@ -186,6 +231,8 @@ def main(argv: list[str] | None = None) -> Path:
     res["segments_kubetrain_step_seconds"] = summary(sg["mean_step_seconds"] for sg in segments if sg["side"] == "kubetrain")
     res["segments_plain_step_seconds"] = summary(sg["mean_step_seconds"] for sg in segments if sg["side"] == "plain")
     res["segments_overhead"] = summary(seg_pairs)
+    print(f"[{NAME}] timing the per-step bookkeeping in this process ...", file=sys.stderr, flush=True)
+    res["seams_seconds_per_step"] = seams_cost(repeats=2 if args.quick else 5, steps=200 if args.quick else 2000)
     body = _markdown(res, p)
     return run.finish(body, args.out) if args.out else run.finish(body)
 
@@ -201,7 +248,7 @@ def _markdown(res: dict, p: dict) -> str:
         ["plain torchrun DDP script (`bench/plain_ddp.py`)", ms(res["plain_step_seconds"]), fmt_spread(res["plain_tokens_per_second"])],
     ]
     ov = res["overhead"]
-    verdict = "—" if not ov else ("within" if ov["median"] < res["target_overhead"] else "**above**")
+    verdict = "—" if not ov else ("within" if ov["median"] <= res["target_overhead"] else "**above**")
     return "\n".join([
         f"builtin:gpt ({p['layers']} layers, d_model {p['d_model']}, {p['heads']} heads, sequence {p['seq']}, batch {p['batch']} per process), "
         f"fp32, DDP, {p['nproc']} processes on {p['device']} (`{p['launcher']}`, OMP_NUM_THREADS={p['omp_num_threads']}); "
@@ -211,7 +258,7 @@ def _markdown(res: dict, p: dict) -> str:
         "",
         f"**Overhead of kubetrain's trainer: {fmt_spread(ov, '%')}**{_iqr(ov)} (median and range of the per-pair ratio − 1, "
         f"mean step interval; by median interval: {fmt_spread(res['overhead_by_median_interval'], '%')}). "
-        f"Target: below {res['target_overhead']:.0%} — {verdict} the target.",
+        f"Target: at most {res['target_overhead']:.0%} — {verdict} the target.",
         "",
         "**Same processes, alternating segments** (`bench/overhead_worker.py`): one torchrun launch whose processes hold "
         "both kubetrain's `Trainer` (with the metrics registry local rank 0 has in a pod) and the plain loop, and run "
@@ -226,9 +273,22 @@ def _markdown(res: dict, p: dict) -> str:
         "(median and range of the per-segment-pair ratio − 1).",
         "",
         "What the trainer does per step that the plain script does not: its comm hook (a Python DDP hook even for "
-        "compression none), `loss.item()` every step, one all-gather of 15 float64 per rank (job loss, throughput, "
-        "the SIGTERM decision, process figures) and the Prometheus metric updates. Checkpoints are off on both sides.",
+        "compression none), `loss.item()` every step, one all-gather of 18 float64 per rank (a `StepStats`: job loss, "
+        "throughput, the SIGTERM decision, process figures, gradient norms), the metrics processor (throughput window, "
+        "Prometheus updates, log line) and the step hooks (here one, the time stamps). Checkpoints are off on both sides.",
+        *_seams_lines(res),
     ])
+
+
+def _seams_lines(res: dict) -> list[str]:
+    seams, step = res.get("seams_seconds_per_step"), res.get("segments_kubetrain_step_seconds") or res.get("kubetrain_step_seconds")
+    if not seams:
+        return []
+    us = {**seams, **{k: seams[k] * 1e6 for k in ("median", "min", "max")}}
+    share = f", {seams['median'] / step['median'] * 100:.2f}% of the median kubetrain step above" if step else ""
+    return ["", f"**The per-step bookkeeping on its own** (`seams_cost`: gather read-out, `StepRecord`, metrics processor "
+                f"with the exporter for 2 processes, two step hooks; no collective): {fmt_spread(us, ' µs')} per step "
+                f"(median and range over runs){share}."]
 
 
 def render(doc: dict) -> str:

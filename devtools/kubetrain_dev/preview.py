@@ -68,7 +68,7 @@ def _series(url: str, expr: str, start: float, end: float) -> list[tuple[str, li
     qs = urllib.parse.urlencode({"query": expr, "start": start, "end": end, "step": 5})
     out = []
     for r in _get(f"{url}/api/v1/query_range?{qs}")["data"]["result"]:
-        out.append((r["metric"].get("job", ""), [float(t) - start for t, _ in r["values"]], [float(v) for _, v in r["values"]]))
+        out.append((r["metric"].get("trainingjob", ""), [float(t) - start for t, _ in r["values"]], [float(v) for _, v in r["values"]]))
     return out
 
 
@@ -94,7 +94,7 @@ def render(out: Path, minutes: float = 4.0) -> Path:
         fig, axes = plt.subplots((len(panels) + 2) // 3, 3, figsize=(16, 2.6 * ((len(panels) + 2) // 3)))
         for ax, panel in zip(axes.flat, panels):
             for expr, legend in panel.queries:
-                concrete = expr.replace("$namespace", NS).replace("$job", JOB).replace("$__range", "5m")
+                concrete = expr.replace("$namespace", NS).replace("$trainingjob", JOB).replace("$__range", "5m")
                 for _job, xs, ys in _series(url, concrete, start, end):
                     ax.plot(xs, ys, label=legend.replace("{{job}}", JOB))
             ax.set_title(f"{panel.title} ({panel.unit})", fontsize=10)

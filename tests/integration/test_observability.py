@@ -33,6 +33,7 @@ PROMETHEUS = shutil.which("prometheus")
 pytestmark = pytest.mark.skipif(PROMETHEUS is None, reason="Prometheus is installed by `make tools` (Debian's prometheus)")
 
 JOB = "observed"
+SCRAPE_JOB = "kubetrain"
 
 
 class Prometheus:
@@ -43,8 +44,9 @@ class Prometheus:
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(rules)],
-            # honor_labels: the trainer's own job/namespace/pod labels win over the scrape target's.
-            "scrape_configs": [{"job_name": "kubetrain", "honor_labels": True, "static_configs": [{"targets": targets}]}],
+            # honor_labels, as the chart's PodMonitors: the operator's namespace label (the job's namespace) wins over
+            # the target's. No kubetrain series carries `job` or `instance`, so those stay the scrape target's.
+            "scrape_configs": [{"job_name": SCRAPE_JOB, "honor_labels": True, "static_configs": [{"targets": targets}]}],
         }
         (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
         self.proc = subprocess.Popen(
@@ -101,7 +103,7 @@ def observed(cluster, tmp_path_factory) -> Iterator[dict]:
                               "scheduling": {"tolerations": [gpu_pool.KWOK_TOLERATION]}}})
         jobs.wait(JOB, lambda s: s.get("readyReplicas") == 2, "job running", 90)
         # Enough scrapes for rate() over the dashboard's 5m windows, and a checkpoint.
-        wait_for(lambda: prom.query(f'kubetrain_trainer_step{{job="{JOB}"}} > 40'), timeout=240, what="trainer past step 40")
+        wait_for(lambda: prom.query(f'kubetrain_trainer_step{{trainingjob="{JOB}"}} > 40'), timeout=240, what="trainer past step 40")
         yield {"prom": prom, "jobs": jobs, "ns": ns}
     finally:
         trainer.stop()
@@ -111,7 +113,7 @@ def observed(cluster, tmp_path_factory) -> Iterator[dict]:
 
 
 def _concrete(expr: str, ns: str) -> str:
-    return expr.replace("$namespace", ns).replace("$job", JOB).replace("$__range", "5m")
+    return expr.replace("$namespace", ns).replace("$trainingjob", JOB).replace("$__range", "5m")
 
 
 LIVE_SOURCES = {"trainer", "operator"}  # gpu needs GPU nodes, dcgm the DCGM exporter: see test_metric_names
@@ -124,15 +126,25 @@ def test_every_panel_returns_data(observed, panel):
         assert result, f"panel {panel.title!r}: no data for {expr}"
 
 
+def test_the_scrape_job_survives_next_to_the_trainingjob_label(observed):
+    """Scraped with honor_labels, the series keep Prometheus' own job and instance: up{job=...} still works."""
+    prom = observed["prom"]
+    for metric in ("kubetrain_trainer_step", "kubetrain_operator_job_phase"):
+        series = prom.query(f'{metric}{{trainingjob="{JOB}"}}')
+        assert series and {s["metric"]["job"] for s in series} == {SCRAPE_JOB}, series
+        assert all(s["metric"].get("instance") for s in series), series
+    assert prom.query(f'up{{job="{SCRAPE_JOB}"}} == 1')
+
+
 def test_scaling_annotation_and_recording_rules_evaluate(observed):
     prom = observed["prom"]
     # Recording rules run every 30 s: wait for an evaluation rather than race it.
-    wait_for(lambda: prom.query(f'kubetrain:job_tokens_per_second:sum{{job="{JOB}"}} > 0'), timeout=90,
+    wait_for(lambda: prom.query(f'kubetrain:job_tokens_per_second:sum{{trainingjob="{JOB}"}} > 0'), timeout=90,
              what="recorded job tokens/s")
-    assert prom.query(f'kubetrain:pod_job:info{{job="{JOB}"}}')
+    assert prom.query(f'kubetrain:pod_job:info{{trainingjob="{JOB}"}}')
     # Resize the job (max 2 -> 1): a scaling decision, counted and shown as a dashboard annotation.
     observed["jobs"].patch(JOB, {"spec": {"replicas": {"max": 1}}})
-    wait_for(lambda: prom.query(f'kubetrain_operator_scaling_events_total{{job="{JOB}"}} >= 1'), timeout=60,
+    wait_for(lambda: prom.query(f'kubetrain_operator_scaling_events_total{{trainingjob="{JOB}"}} >= 1'), timeout=60,
              what="scaling event counted")
     annotation = dashboard.build_dashboard().build().annotations.list_val[0].expr
     wait_for(lambda: prom.query(_concrete(annotation, observed["ns"])), timeout=60, what="scaling annotation query")

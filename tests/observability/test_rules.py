@@ -15,13 +15,20 @@ PROMTOOL = shutil.which("promtool")
 pytestmark = pytest.mark.skipif(PROMTOOL is None, reason="promtool is installed by `make tools` (Debian's prometheus)")
 
 
+# The scrape job Prometheus gives each series (the chart's two PodMonitors, the DCGM exporter): the rules must join the
+# trainer's series and the operator's on the TrainingJob (namespace, trainingjob), never on `job`.
+SCRAPE_JOBS = {"kubetrain_trainer_": "kubetrain-trainers", "kubetrain_operator_": "kubetrain", "DCGM_": "dcgm-exporter"}
+
+
 def _series(metric: str, values: str, **labels: str) -> dict:
+    scrape = next((job for prefix, job in SCRAPE_JOBS.items() if metric.startswith(prefix)), None)
+    labels = {**labels, **({"job": scrape} if scrape else {})}
     inner = ", ".join(f'{k}="{v}"' for k, v in labels.items())
     return {"series": f"{metric}{{{inner}}}", "values": values}
 
 
 def _job(job: str, **extra: str) -> dict:
-    return {"namespace": "ml", "job": job, **extra}
+    return {"namespace": "ml", "trainingjob": job, **extra}
 
 
 def _running(job: str, minutes: int = 120) -> dict:
@@ -30,10 +37,11 @@ def _running(job: str, minutes: int = 120) -> dict:
 
 def _expected(name: str, job: str) -> dict:
     rule = next(r for r in alerts(AlertSettings()) if r["alert"] == name)
-    subst = lambda text: text.replace("{{ $labels.namespace }}", "ml").replace("{{ $labels.job }}", job)  # noqa: E731
+    subst = lambda text: text.replace("{{ $labels.namespace }}", "ml").replace("{{ $labels.trainingjob }}", job)  # noqa: E731
+    # KubetrainJobFailed alerts on the operator's series itself: its labels, the scrape job's included.
+    failed = {"phase": "Failed", "job": SCRAPE_JOBS["kubetrain_operator_"]} if name == "KubetrainJobFailed" else {}
     return {
-        "exp_labels": {"severity": rule["labels"]["severity"], "namespace": "ml", "job": job,
-                       **({"phase": "Failed"} if name == "KubetrainJobFailed" else {})},
+        "exp_labels": {"severity": rule["labels"]["severity"], "namespace": "ml", "trainingjob": job, **failed},
         "exp_annotations": {k: subst(v) for k, v in rule["annotations"].items()},
     }
 
@@ -166,7 +174,7 @@ def test_dcgm_series_are_joined_to_jobs_by_pod(tmp_path):
         # Another workload's GPU on the same node: not part of the job.
         _series("DCGM_FI_DEV_GPU_UTIL", "100x10", **pod("someone-else"), gpu="1"),
     ]
-    job = {"namespace": "ml", "job": "gpt"}
+    job = {"namespace": "ml", "trainingjob": "gpt"}
     _promtool_test(tmp_path, series, {"promql_expr_test": [
         {"expr": "kubetrain:job_dcgm_gpu_utilization:ratio", "eval_time": "5m",
          "exp_samples": [{"labels": f"kubetrain:job_dcgm_gpu_utilization:ratio{_labels(job)}", "value": 0.75}]},

@@ -3,7 +3,7 @@
 Started by test_modes.py as ``torchrun --standalone --nproc-per-node=2 matrix_worker.py OUT.json [MODE ...]``.
 Each mode builds a fresh tiny builtin:gpt, trains it through the real Trainer
 (DDP/FSDP2 wrapping, our comm hooks, autocast/GradScaler/MixedPrecisionPolicy)
-with its own injected Prometheus registry, and rank 0 writes one JSON object per
+with its own Prometheus registry (built by the trainer factory, as in a pod), and rank 0 writes one JSON object per
 mode: losses, communicated bytes per step, step times, noise scales and the registry's samples.
 A mode that raises is recorded as an error and the others still run.
 
@@ -21,16 +21,15 @@ import time
 import traceback
 from datetime import timedelta
 
-import torch
 import torch.distributed as dist
 from prometheus_client import CollectorRegistry
 
 from kubetrain.contract import TrainerContract
-from kubetrain_trainer.api import WorkloadContext, load_workload
-from kubetrain_trainer.config import detect_capabilities, validate
-from kubetrain_trainer.metrics import TrainerMetrics
+from kubetrain_trainer.config import Capabilities, detect_capabilities, validate
+from kubetrain_trainer.factory import build_trainer
+from kubetrain_trainer.hooks import StepRecorder
 from kubetrain_trainer.process_exit import exit_process
-from kubetrain_trainer.trainer import DistEnv, Trainer
+from kubetrain_trainer.trainer import DistEnv
 
 STEPS = int(os.environ.get("MATRIX_STEPS", "40"))
 BASE = TrainerContract(
@@ -43,7 +42,7 @@ BASE = TrainerContract(
     learning_rate=3e-3,
     powersgd_rank=1,
     powersgd_start_iteration=int(os.environ.get("MATRIX_POWERSGD_START", "5")),
-    metrics_enabled=False,
+    metrics_enabled=True,  # the registry is read below, never served
 )
 
 
@@ -102,17 +101,18 @@ def main() -> None:
         rec = {"precision": precision, "strategy": strategy, "compression": compression}
         try:
             rec["warnings"] = validate(contract, caps)
-            workload = load_workload(contract.workload, WorkloadContext(contract, env.rank, env.world_size))
-            registry = CollectorRegistry()
-            metrics = TrainerMetrics(registry, job="matrix", namespace="test", pod=f"pod-{env.group_rank}")
-            trainer = Trainer(contract, env, workload, device=torch.device("cpu"), backend="gloo", metrics=metrics)
+            recorder = StepRecorder(limit=None)
+            # CPU and gloo whatever this machine has (Capabilities() is a CPU's).
+            trainer = build_trainer(contract.replace(pod_name=f"pod-{env.group_rank}"), env, caps=Capabilities(),
+                                    hooks=[recorder])
             counts.clear()
             t0 = time.monotonic()
             res = trainer.fit()
             rec["collectives"] = dict(counts)
             rec.update(
-                ok=True, seconds=time.monotonic() - t0, losses=res.losses, comm_bytes=res.comm_bytes,
-                step_seconds=res.step_seconds, steps=res.step, metrics=samples(registry), noise_scales=res.noise_scales,
+                ok=True, seconds=time.monotonic() - t0, losses=recorder.losses, comm_bytes=recorder.comm_bytes,
+                step_seconds=recorder.step_seconds, steps=res.step, noise_scales=recorder.noise_scales,
+                metrics=samples(trainer.metrics.registry) if trainer.metrics else [],
                 scaler_enabled=trainer.scaler.is_enabled(), world_size=env.world_size,
                 params=sum(p.numel() for p in trainer.model.parameters()),
             )

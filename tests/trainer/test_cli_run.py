@@ -48,7 +48,7 @@ def test_kubetrain_run_trains_a_manifest_and_summarises(tmp_path):
     assert float(re.search(r"throughput\s+([\d,]+) tokens/s", text).group(1).replace(",", "")) > 0, text
     assert f"http://127.0.0.1:{port}/metrics" in text and f"http://127.0.0.1:{port + 1}/metrics" in text, text
     assert scraped is not None, "no scrape of the metrics URL succeeded while the job ran"
-    assert 'job="gpt-tiny"' in scraped
+    assert 'trainingjob="gpt-tiny"' in scraped
 
 
 @pytest.mark.parametrize(

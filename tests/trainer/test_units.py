@@ -18,7 +18,9 @@ from kubetrain.contract.vocabulary import ExitCode
 from kubetrain_trainer import failure, mfu
 from kubetrain_trainer.config import Capabilities, ConfigError, validate
 from kubetrain_trainer.data import ElasticSampler
-from kubetrain_trainer.metrics import ALLOWED_LABELS, ProcessFigures, TrainerMetrics, serve
+from kubetrain_trainer.metrics import TrainerMetrics, serve
+from kubetrain_trainer.metrics_processor import MetricsProcessor
+from kubetrain_trainer.stats import StepRecord, StepStats
 
 CPU = Capabilities()
 H100 = Capabilities(device_type="cuda", backend="nccl", cuda_capability=(9, 0), has_torchao=True, device_name="NVIDIA H100 80GB HBM3")
@@ -121,55 +123,33 @@ def test_builtin_gpt_flops_follow_the_formula():
 
 # -- metrics ----------------------------------------------------------------------------------
 
-# Counts and rates of samples or tokens have no base unit to suffix (the gradient noise scale is a batch size, in samples).
-_UNITLESS_OK = {"kubetrain_trainer_loss", "kubetrain_trainer_step", "kubetrain_trainer_max_steps", "kubetrain_trainer_world_size",
-                "kubetrain_trainer_tokens_per_second", "kubetrain_trainer_samples_per_second",
-                "kubetrain_trainer_gradient_noise_scale"}
-_SUFFIXES = ("_seconds", "_bytes", "_ratio", "_watts", "_timestamp_seconds")
+# Naming and label conventions: tests/unit/test_metric_conventions.py checks the trainer's and the operator's series.
 
 
 def _filled_metrics(registry: CollectorRegistry, peak: float | None) -> TrainerMetrics:
-    m = TrainerMetrics(registry, job="j", namespace="ns", pod="p-0")
-    m.set_static(world_size=4, max_steps=100, restart_count=2)
-    procs = [
-        ProcessFigures(local_rank=0, communicated_bytes=1000, data_loading_seconds=0.5, cpu_seconds=3, rss_bytes=1e8,
-                       gpu_utilization=0.9, gpu_memory_bytes=2e9, gpu_power_watts=300, gpu_energy_joules=5000),
-        ProcessFigures(local_rank=1, communicated_bytes=1000, data_loading_seconds=0.25, cpu_seconds=2, rss_bytes=1e8),
-    ]
+    """Two steps of a pod with two processes, through the metrics processor as Trainer.fit feeds it."""
+    m = TrainerMetrics(registry, trainingjob="j", namespace="ns", pod="p-0")
+    proc = MetricsProcessor(TrainerContract(max_steps=100), rank=0, world_size=4, restart_count=2, local_world_size=2,
+                            exporter=m, flops_per_token=1e6, peak_flops=peak)
+    proc.start(step=0, checkpoint_saved_at=None)
+    pod = (
+        StepStats(local_rank=0, samples=4, tokens=512, communicated_bytes=1000, data_loading_seconds=0.5, cpu_seconds=3,
+                  rss_bytes=1e8, gpu_utilization=0.9, gpu_memory_bytes=2e9, gpu_power_watts=300, gpu_energy_joules=5000),
+        StepStats(local_rank=1, samples=4, tokens=512, communicated_bytes=1000, data_loading_seconds=0.25, cpu_seconds=2,
+                  rss_bytes=1e8),
+    )
     for step in (1, 2):
-        m.observe_step(step=step, loss=2.0, step_seconds=0.5, pod_tokens=1024, pod_samples=8, goodput=0.5,
-                       flops_per_token=1e6, peak_flops=peak, pod_devices=2, processes=procs)
-    m.observe_checkpoint(completed_at=1.7e9, seconds=1.5)
+        proc.observe(StepRecord(step=step, loss=2.0, step_seconds=0.5, job_tokens=2048, job_samples=16, comm_bytes=0,
+                                compression_error=None, noise_scale=None, goodput=0.5, stopping=0, pod=pod))
+    proc.observe_checkpoint(completed_at=1.7e9, seconds=1.5)
     return m
-
-
-def test_metric_names_and_labels_follow_conventions():
-    registry = CollectorRegistry()
-    _filled_metrics(registry, peak=989e12)
-    families = list(registry.collect())
-    assert len(families) >= 20
-    for fam in families:
-        assert fam.name.startswith("kubetrain_trainer_"), fam.name
-        for s in fam.samples:
-            assert set(s.labels) - {"le"} <= ALLOWED_LABELS, (s.name, s.labels)
-            assert "step" not in s.labels and "restart" not in s.labels
-        if fam.type == "counter":
-            assert all(s.name.endswith(("_total", "_created")) for s in fam.samples), fam.name
-        else:
-            assert not fam.name.endswith("_total"), fam.name
-            if fam.type == "gauge" and fam.name not in _UNITLESS_OK:
-                assert fam.name.endswith(_SUFFIXES), f"{fam.name}: base-unit suffix missing"
-        if fam.name.endswith("_ratio"):
-            assert all(0 <= s.value <= 1 for s in fam.samples), fam.name
-    # Nothing ever goes to the process-global registry.
-    assert not [f for f in REGISTRY.collect() if f.name.startswith("kubetrain")]
 
 
 def test_metric_values_and_mfu_absence_without_a_peak():
     registry = CollectorRegistry()
     _filled_metrics(registry, peak=989e12)
     get = registry.get_sample_value
-    labels = {"job": "j", "namespace": "ns", "pod": "p-0"}
+    labels = {"trainingjob": "j", "namespace": "ns", "pod": "p-0"}
     assert get("kubetrain_trainer_tokens_total", labels) == 2048
     assert get("kubetrain_trainer_tokens_per_second", labels) == pytest.approx(2048 / 1.0)
     assert get("kubetrain_trainer_restarts_total", labels) == 2
@@ -184,6 +164,16 @@ def test_metric_values_and_mfu_absence_without_a_peak():
     assert cpu_registry.get_sample_value("kubetrain_trainer_mfu_ratio", labels) is None
 
 
+def test_the_noise_scale_is_absent_while_unknown_and_returns_when_known():
+    registry = CollectorRegistry()
+    m = TrainerMetrics(registry, trainingjob="j", namespace="ns", pod="p")
+    labels = {"trainingjob": "j", "namespace": "ns", "pod": "p"}
+    step = dict(loss=1.0, step_seconds=0.1, pod_tokens=1, pod_samples=1, tokens_per_second=10, samples_per_second=10)
+    for noise, expected in ((None, None), (12.0, 12.0), (None, None), (None, None), (30.0, 30.0)):
+        m.observe_step(step=1, noise_scale=noise, **step)
+        assert registry.get_sample_value("kubetrain_trainer_gradient_noise_scale", labels) == expected
+
+
 def test_metrics_are_served_over_http():
     registry = CollectorRegistry()
     _filled_metrics(registry, peak=None)
@@ -193,7 +183,75 @@ def test_metrics_are_served_over_http():
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     finally:
         server.shutdown()
-    assert 'kubetrain_trainer_step{job="j",namespace="ns",pod="p-0"} 2.0' in body
+    assert 'kubetrain_trainer_step{namespace="ns",pod="p-0",trainingjob="j"} 2.0' in body
+
+
+# -- the trainer's seams: StepStats, the metrics processor, step hooks ---------------------------
+
+
+def test_step_stats_round_trip_a_gather_row_by_field_name():
+    stats = StepStats(loss_sum=5.0, samples=2, tokens=64, stop=1, group_rank=3, local_rank=1, grad_global_sq=0.5)
+    row = stats.row()
+    assert len(row) == len(StepStats.COLUMNS) and row[StepStats.column("tokens")] == 64.0
+    assert StepStats.from_row(row) == stats
+
+
+def _record(step: int, seconds: float, tokens: int = 100, loss: float = 1.0, **kw) -> StepRecord:
+    return StepRecord(step=step, loss=loss, step_seconds=seconds, job_tokens=tokens, job_samples=1, comm_bytes=10,
+                      compression_error=None, noise_scale=None, goodput=0.5, stopping=0, **kw)
+
+
+def test_throughput_is_computed_once_for_the_status_file_the_exporter_and_the_result(tmp_path):
+    registry = CollectorRegistry()
+    status = tmp_path / "status.json"
+    proc = MetricsProcessor(TrainerContract(max_steps=50, status_path=str(status)), rank=0, world_size=2, restart_count=0,
+                            exporter=TrainerMetrics(registry, trainingjob="j", namespace="ns", pod="p"))
+    proc.start(step=0, checkpoint_saved_at=None)
+    pod = (StepStats(local_rank=0, tokens=25, samples=1),)
+    # 30 steps: the first 10 slow; the window (20 steps) holds only the fast ones at the end.
+    for step in range(1, 31):
+        proc.observe(_record(step, 1.0 if step <= 10 else 0.5, pod=pod))
+    proc.write_status(_record(30, 0.5), outcome="completed", checkpoint_step=None)
+    assert proc.rates.tokens_per_second == pytest.approx(100 / 0.5)
+    assert json.loads(status.read_text())["tokens_per_second"] == proc.rates.tokens_per_second
+    assert json.loads(status.read_text())["eta_seconds"] == pytest.approx(20 * 0.5)
+    labels = {"trainingjob": "j", "namespace": "ns", "pod": "p"}
+    assert registry.get_sample_value("kubetrain_trainer_tokens_per_second", labels) == pytest.approx(25 / 0.5)
+    assert registry.get_sample_value("kubetrain_trainer_step", labels) == 30
+
+
+def test_the_status_file_is_rate_limited_but_always_written_at_the_end(tmp_path):
+    status = tmp_path / "status.json"
+    now = [100.0]
+    proc = MetricsProcessor(TrainerContract(max_steps=10, status_path=str(status)), rank=0, world_size=1, restart_count=0,
+                            clock=lambda: now[0])
+    proc.start(step=0, checkpoint_saved_at=None)
+    written = []
+    for step in range(1, 4):
+        proc.observe(_record(step, 0.1))
+        proc.write_status(_record(step, 0.1), outcome="running", checkpoint_step=None)
+        written.append(json.loads(status.read_text())["step"])
+        now[0] += 0.1
+    assert written == [1, 1, 1]  # within 0.25 s of the first write
+    proc.write_status(_record(4, 0.1), outcome="sigterm", checkpoint_step=4)
+    assert json.loads(status.read_text())["outcome"] == "sigterm"
+    # Only global rank 0 writes.
+    status.unlink()
+    other = MetricsProcessor(TrainerContract(max_steps=10, status_path=str(status)), rank=1, world_size=2, restart_count=0)
+    other.write_status(_record(1, 0.1), outcome="completed", checkpoint_step=None)
+    assert not status.exists()
+
+
+def test_the_recorder_is_bounded_by_default_and_keeps_everything_on_request():
+    from kubetrain_trainer.hooks import StepRecorder
+
+    bounded, everything = StepRecorder(limit=3), StepRecorder(limit=None)
+    assert StepRecorder().records.maxlen == StepRecorder.DEFAULT_LIMIT
+    for step in range(1, 6):
+        for r in (bounded, everything):
+            r.on_step_end(_record(step, 0.1 * step, loss=float(step)))
+    assert bounded.losses == [3.0, 4.0, 5.0] and len(everything.losses) == 5
+    assert everything.step_seconds == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5])
 
 
 # -- configuration refusals -------------------------------------------------------------------

@@ -7,7 +7,7 @@ from prometheus_client import CollectorRegistry
 from kubetrain.operator.metrics import OperatorMetrics
 from kubetrain.operator.planner import Plan
 
-JOB = {"namespace": "ml", "job": "gpt"}
+JOB = {"namespace": "ml", "trainingjob": "gpt"}
 
 
 def _metrics() -> tuple[CollectorRegistry, OperatorMetrics]:
@@ -55,4 +55,4 @@ def test_reconcile_errors_start_at_zero_and_count_each_failure():
     m.reconcile_errors.inc()
     assert r.get_sample_value("kubetrain_operator_reconcile_errors_total") == 2
     # Not per job: a failing API server would otherwise multiply series by jobs.
-    assert {s.labels.get("job") for f in r.collect() if f.name == "kubetrain_operator_reconcile_errors" for s in f.samples} == {None}
+    assert {s.labels.get("trainingjob") for f in r.collect() if f.name == "kubetrain_operator_reconcile_errors" for s in f.samples} == {None}

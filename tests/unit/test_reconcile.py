@@ -107,7 +107,7 @@ def test_a_new_job_gets_its_store_and_workers_once_and_status_only_on_a_change()
     # Status is written by the reconcile itself, not left to Kopf's patch (see reconcile's docstring).
     assert [s["phase"] for s in kube.status_patches] == ["Pending"] and state.status == kube.status_patches[0]
     assert dict(patch) == {} and ("Normal", "Starting") in events
-    assert runtime.registry.get_sample_value("kubetrain_operator_job_phase", {"namespace": "ns", "job": "j", "phase": "Pending"}) == 1
+    assert runtime.registry.get_sample_value("kubetrain_operator_job_phase", {"namespace": "ns", "trainingjob": "j", "phase": "Pending"}) == 1
     # The watch has not delivered the pods yet: the ledger counts them, nothing is created twice,
     # and a status that did not change is not patched again.
     patch, events = _run(runtime, state, _body())
@@ -223,10 +223,10 @@ def test_finalize_releases_and_deletes_every_pod_and_forgets_the_job():
     kube.pods = [{"metadata": {"name": "j-w0-0"}}, {"metadata": {"name": "j-rdzv"}}]
     runtime = _runtime(kube)
     _run(runtime, JobMemo(), _body())
-    assert runtime.registry.get_sample_value("kubetrain_operator_job_phase", {"namespace": "ns", "job": "j", "phase": "Pending"}) == 1
+    assert runtime.registry.get_sample_value("kubetrain_operator_job_phase", {"namespace": "ns", "trainingjob": "j", "phase": "Pending"}) == 1
     reconcile.finalize(runtime, "ns", "j")
     assert kube.released == ["j-w0-0", "j-rdzv"] and kube.deleted == ["j-w0-0", "j-rdzv"]
-    assert runtime.registry.get_sample_value("kubetrain_operator_job_phase", {"namespace": "ns", "job": "j", "phase": "Pending"}) is None
+    assert runtime.registry.get_sample_value("kubetrain_operator_job_phase", {"namespace": "ns", "trainingjob": "j", "phase": "Pending"}) is None
 
 
 def test_an_orphan_is_released_only_when_its_job_is_gone():

@@ -165,7 +165,7 @@ def test_gpus_move_to_the_job_that_scales_and_an_opted_out_job_keeps_its_size():
     assert second.replicas["ns/fixed"] == 2
     assert registry.get_sample_value("kubetrain_operator_allocator_decisions_total", {"reason": "Grown"}) == 1
     assert registry.get_sample_value("kubetrain_operator_allocator_round_duration_seconds_count") == 2
-    assert registry.get_sample_value("kubetrain_operator_job_allocated_replicas", {"namespace": "ns", "job": "a"}) == a.replicas
+    assert registry.get_sample_value("kubetrain_operator_job_allocated_replicas", {"namespace": "ns", "trainingjob": "a"}) == a.replicas
     # A third job's arrival: its min comes first, the others shrink for it.
     alloc.report(("ns", "c"), _facts(lo=2, arrival=3), {}, 0)
     clock["t"] += 60

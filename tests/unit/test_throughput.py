@@ -10,9 +10,9 @@ from kubetrain_trainer.metrics import TrainerMetrics
 
 def _pod_text(pod: str, step: int, tokens: float, samples: float, loss: float = 2.0, noise_scale: float | None = None) -> str:
     r = CollectorRegistry()
-    m = TrainerMetrics(r, job="gpt", namespace="ml", pod=pod)
-    m.observe_step(step=step, loss=loss, step_seconds=1.0, pod_tokens=tokens, pod_samples=samples, goodput=None,
-                   flops_per_token=None, peak_flops=None, pod_devices=0, processes=[], noise_scale=noise_scale)
+    m = TrainerMetrics(r, trainingjob="gpt", namespace="ml", pod=pod)
+    m.observe_step(step=step, loss=loss, step_seconds=1.0, pod_tokens=tokens, pod_samples=samples,
+                   tokens_per_second=tokens, samples_per_second=samples, noise_scale=noise_scale)
     return generate_latest(r).decode()
 
 

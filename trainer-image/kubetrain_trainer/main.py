@@ -12,17 +12,17 @@ import logging
 import os
 import sys
 import time
-from datetime import timedelta
+from typing import Sequence
 
 PROCESS_START = time.time()
 
-import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from torch.distributed.elastic.multiprocessing.errors import get_error_handler, record  # noqa: E402
 
 from kubetrain.contract import TERMINATION_MESSAGE_PATH, TrainerContract  # noqa: E402
 
 from kubetrain_trainer.config import detect_capabilities, validate  # noqa: E402
+from kubetrain_trainer.factory import build_trainer  # noqa: E402
 from kubetrain_trainer.failure import (  # noqa: E402
     EXIT_PEER_PREEMPTED,
     PREEMPTED,
@@ -32,9 +32,10 @@ from kubetrain_trainer.failure import (  # noqa: E402
     report_failure,
     write_termination_message,
 )
+from kubetrain_trainer.hooks import StepHook  # noqa: E402
 from kubetrain_trainer.process_exit import exit_process  # noqa: E402
 from kubetrain_trainer.stop_flag import StopFlag  # noqa: E402
-from kubetrain_trainer.trainer import DistEnv, Trainer  # noqa: E402
+from kubetrain_trainer.trainer import DistEnv  # noqa: E402
 
 log = logging.getLogger("kubetrain_trainer")
 
@@ -57,65 +58,45 @@ def _contract() -> TrainerContract:
         raise ConfigError(str(exc)) from exc
 
 
-def run(env: DistEnv, stop: StopFlag) -> tuple[str, int, TrainerContract]:
+def run(env: DistEnv, stop: StopFlag, hooks: Sequence[StepHook] = ()) -> tuple[str, int, TrainerContract]:
     """Everything between reading the contract and the end of training; returns (outcome, step, contract)."""
     contract = _contract()
     caps = detect_capabilities()
     for warning in validate(contract, caps):
         log.warning("%s", warning)
-    if caps.device_type == "cuda":
-        device = torch.device("cuda", env.local_rank % torch.cuda.device_count())
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-    if not dist.is_initialized():
-        dist.init_process_group(backend=caps.backend, timeout=timedelta(seconds=contract.process_group_timeout_seconds))
+    trainer = build_trainer(contract, env, caps=caps, stop=stop, hooks=hooks, process_start=PROCESS_START)
+    server = None
+    if trainer.metrics is not None:
+        from kubetrain_trainer.metrics import serve
 
-    from kubetrain_trainer.api import WorkloadContext, load_workload
-
-    workload = load_workload(contract.workload, WorkloadContext(contract, env.rank, env.world_size, device))
-
-    metrics = server = None
-    if contract.metrics_enabled and env.local_rank == 0:
-        from prometheus_client import CollectorRegistry
-
-        from kubetrain_trainer.metrics import TrainerMetrics, serve
-
-        registry = CollectorRegistry()
-        pod = contract.pod_name or os.environ.get("HOSTNAME", "") or "local"
-        metrics = TrainerMetrics(registry, job=contract.job_name, namespace=contract.namespace, pod=pod)
         try:
-            server = serve(registry, contract.metrics_port)
+            server = serve(trainer.metrics.registry, contract.metrics_port)
             log.info("metrics on :%d/metrics", contract.metrics_port)
         except OSError as exc:
             log.warning("metrics port %d unavailable (%s): metrics are not served", contract.metrics_port, exc)
-
-    trainer = Trainer(
-        contract, env, workload, device=device, backend=caps.backend, device_name=caps.device_name,
-        metrics=metrics, stop=stop, process_start=PROCESS_START,
-    )
     try:
         result = trainer.fit()
     finally:
         if server is not None:
             server.shutdown()
-    if result.outcome == "completed" and result.losses:
+    if result.outcome == "completed" and result.first_loss is not None:
         log.info(
             "done: step %d, loss %.4f -> %.4f, %.0f tokens/s (job)",
-            result.step, result.losses[0], result.losses[-1], result.tokens_per_second,
+            result.step, result.first_loss, result.last_loss, result.tokens_per_second,
         )
     return result.outcome, result.step, contract
 
 
 @record
-def main() -> None:
+def main(hooks: Sequence[StepHook] = ()) -> None:
+    """``hooks``: step hooks for a benchmark that runs this entrypoint unchanged (bench/probe_kubetrain.py)."""
     env = DistEnv.from_environ()
     setup_logging(env)
     stop = StopFlag().install()
     message_path = os.environ.get("KUBETRAIN_TERMINATION_MESSAGE_PATH", TERMINATION_MESSAGE_PATH)
     where = f"rank {env.rank}/{env.world_size}, local rank {env.local_rank}, pod {os.environ.get('KUBETRAIN_POD_NAME', '')}".strip(", ")
     try:
-        outcome, step, contract = run(env, stop)
+        outcome, step, contract = run(env, stop, hooks)
     except BaseException as exc:  # noqa: BLE001 - every failure is reported, then exits with its code
         if isinstance(exc, SystemExit):
             raise

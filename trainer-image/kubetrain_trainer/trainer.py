@@ -5,39 +5,45 @@ precision plan, backward through the wrapped model — whose DDP hook or FSDP2
 comms do the compressed, counted communication — unscale, clip, step).
 ``Trainer.fit`` is the elastic loop around it: resume from the newest
 checkpoint at the current world size, feed the elastic sampler's batches,
-all-gather a small row of per-rank figures each step (job loss, pod
-throughput, SIGTERM flags, process figures, the gradient norms of the noise
-scale), export metrics, checkpoint every
-N steps, and stop cleanly — with a checkpoint — when any rank got SIGTERM.
+all-gather one :class:`~kubetrain_trainer.stats.StepStats` per rank each step
+(job loss, throughput, SIGTERM flags, process figures, the gradient norms of
+the noise scale), hand the job-wide :class:`~kubetrain_trainer.stats.StepRecord`
+to the metrics processor and the step hooks, checkpoint every N steps, and stop
+cleanly — with a checkpoint — when any rank got SIGTERM.
+
+Build a Trainer with :func:`kubetrain_trainer.factory.build_trainer`.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from kubetrain.contract import TrainerContract
-from kubetrain.scheduling.efficiency import NoiseScaleEstimator
+from kubetrain.contract.noise_scale import NoiseScaleEstimator
 
 from kubetrain_trainer.api import Workload
 from kubetrain_trainer.checkpoint import CheckpointManager, CheckpointMeta, TrainState
 from kubetrain_trainer.compression import CommCounter, PowerSGDState, powersgd_warmup
 from kubetrain_trainer.data import ElasticSampler
 from kubetrain_trainer.hardware import ProcessProbe
-from kubetrain_trainer.metrics import ProcessFigures, TrainerMetrics
+from kubetrain_trainer.hooks import StepHook
+from kubetrain_trainer.metrics import TrainerMetrics
+from kubetrain_trainer.metrics_processor import MetricsProcessor
 from kubetrain_trainer.mfu import peak_flops_for
 from kubetrain_trainer.parallel import wrap_model
 from kubetrain_trainer.precision import PrecisionPlan
-from kubetrain_trainer.status import write_status
+from kubetrain_trainer.stats import StepRecord, StepStats
 from kubetrain_trainer.stop_flag import StopFlag
 
 log = logging.getLogger(__name__)
@@ -71,33 +77,45 @@ class DistEnv:
         )
 
 
-# Columns of the row every rank contributes to the per-step all-gather.
-_C_LOSS_SUM, _C_SAMPLES, _C_TOKENS, _C_STOP, _C_GROUP, _C_LOCAL = range(6)
-_C_COMM, _C_DATA, _C_CPU, _C_RSS, _C_GPU_UTIL, _C_GPU_MEM, _C_GPU_POWER, _C_GPU_ENERGY, _C_COMPUTE = range(6, 15)
-_C_COMPRESSION_ERROR = 15  # PowerSGD's relative compression error this step; < 0: none (not compressing)
-# This rank's squared gradient norm before the DDP all-reduce, and the all-reduced gradient's after it
-# (summed over buckets, unscaled); < 0: not measured (world size 1, FSDP, an fp16 overflow step).
-_C_GRAD_LOCAL_SQ, _C_GRAD_GLOBAL_SQ = 16, 17
-_NCOLS = 18
-
-
 @dataclass
 class FitResult:
-    """How ``fit`` ended: ``completed``, ``sigterm`` (this rank was told to stop) or ``peer_preempted``."""
+    """How ``fit`` ended: ``completed``, ``sigterm`` (this rank was told to stop) or ``peer_preempted``.
+
+    Per-step figures are not kept here: pass a :class:`~kubetrain_trainer.hooks.StepRecorder` hook for them.
+    """
 
     outcome: str
     step: int
     start_step: int
     world_size: int
     checkpoint_step: int | None = None
-    losses: list[float] = field(default_factory=list)
-    comm_bytes: list[int] = field(default_factory=list)  # this process's collective payload bytes per step
-    step_seconds: list[float] = field(default_factory=list)
-    # PowerSGD: mean over ranks of the relative compression error per step (None: not compressing that step)
-    compression_errors: list[float | None] = field(default_factory=list)
-    # Smoothed gradient noise scale (samples) after each step; None while unknown (world size 1, FSDP, early)
-    noise_scales: list[float | None] = field(default_factory=list)
+    first_loss: float | None = None  # job loss of this fit's first and last steps
+    last_loss: float | None = None
     tokens_per_second: float = 0.0  # job-wide, last window
+
+
+class _Gathered:
+    """The per-step all-gather: one :class:`StepStats` row per rank, read by field name."""
+
+    __slots__ = ("rows",)
+
+    def __init__(self, rows: torch.Tensor):
+        self.rows = rows
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.rows[:, StepStats.column(name)]
+
+    def totals(self) -> StepStats:
+        """Every field summed over the ranks (one reduction for the job's samples, tokens, loss and stop flags)."""
+        return StepStats.from_row(self.rows.sum(0).tolist())
+
+    def mean_where_set(self, name: str) -> float | None:
+        """The mean over the ranks that reported the figure (>= 0); None if none did."""
+        v = self[name]
+        return float(v[v >= 0].mean().item()) if bool((v >= 0).any()) else None
+
+    def of_pod(self, group_rank: int) -> tuple[StepStats, ...]:
+        return tuple(StepStats.from_row(r) for r in self.rows[self["group_rank"] == group_rank].tolist())
 
 
 class _Indexed(torch.utils.data.Dataset):
@@ -147,13 +165,15 @@ class Trainer:
         metrics: TrainerMetrics | None = None,
         stop: StopFlag | None = None,
         process_start: float | None = None,
+        hooks: Sequence[StepHook] = (),
     ):
         self.contract = contract
         self.env = env
         self.workload = workload
         self.device = device
         self.backend = backend
-        self.metrics = metrics
+        self.metrics = metrics  # this pod's exporter: local rank 0 only, when the job exports metrics
+        self.hooks = tuple(hooks)
         self.stop = stop or StopFlag()
         self.process_start = process_start or time.time()
         self.plan = PrecisionPlan(contract.precision, contract.strategy, contract.compression, device.type)
@@ -229,14 +249,14 @@ class Trainer:
             local, reduced = local / s2, reduced / s2
         return local, reduced
 
-    def _observe_noise_scale(self, rows: torch.Tensor) -> float | None:
+    def _observe_noise_scale(self, gathered: _Gathered) -> float | None:
         """Feed the gathered norms to the estimator: |g_small|^2 is the mean over ranks at the per-rank batch,
         |g_big|^2 the all-reduced norm at the global batch. The same rows on every rank: the same value."""
         if self.noise is None:
             return None
-        local, reduced = rows[:, _C_GRAD_LOCAL_SQ], rows[:, _C_GRAD_GLOBAL_SQ]
+        local, reduced = gathered["grad_local_sq"], gathered["grad_global_sq"]
         if bool((local >= 0).all()) and bool((reduced >= 0).all()):
-            samples = rows[:, _C_SAMPLES]
+            samples = gathered["samples"]
             self.noise.update(float(local.mean().item()), float(samples.mean().item()),
                               float(reduced.mean().item()), float(samples.sum().item()))
         value = self.noise.value
@@ -246,13 +266,13 @@ class Trainer:
     def _stats_device(self) -> torch.device:
         return self.device if self.backend == "nccl" else torch.device("cpu")
 
-    def _gather_rows(self, row: list[float]) -> torch.Tensor:
-        t = torch.tensor(row, dtype=torch.float64, device=self._stats_device())
+    def _gather(self, mine: StepStats) -> _Gathered:
+        t = torch.tensor(mine.row(), dtype=torch.float64, device=self._stats_device())
         if self.env.world_size == 1 or not dist.is_initialized():
-            return t.unsqueeze(0).cpu()
-        out = torch.empty(self.env.world_size * _NCOLS, dtype=torch.float64, device=t.device)
+            return _Gathered(t.unsqueeze(0).cpu())
+        out = torch.empty(self.env.world_size * t.numel(), dtype=torch.float64, device=t.device)
         dist.all_gather_single(out, t)
-        return out.view(self.env.world_size, _NCOLS).cpu()
+        return _Gathered(out.view(self.env.world_size, t.numel()).cpu())
 
     def _gather_ids(self, ids: torch.Tensor) -> list[list[int]]:
         if self.env.world_size == 1 or not dist.is_initialized():
@@ -275,7 +295,8 @@ class Trainer:
             pin_memory=self.device.type == "cuda",
         )
 
-    def _save(self, step: int, position: int, reason: str, productive: float, job_start: float, tokens: int, samples: int) -> None:
+    def _save(self, processor: MetricsProcessor, step: int, position: int, reason: str, productive: float,
+              job_start: float, tokens: int, samples: int) -> None:
         meta = CheckpointMeta(
             step=step,
             sample_position=position,
@@ -291,8 +312,7 @@ class Trainer:
         path = self.ckpt.save(self.state, meta)
         seconds = time.monotonic() - t0
         log.info("checkpoint %s written (%s) in %.2fs", path.name, reason, seconds)
-        if self.metrics:
-            self.metrics.observe_checkpoint(completed_at=time.time(), seconds=seconds)
+        processor.observe_checkpoint(completed_at=time.time(), seconds=seconds)
 
     def fit(self) -> FitResult:
         c, env = self.contract, self.env
@@ -312,11 +332,12 @@ class Trainer:
             self.scaler.load_state_dict(meta.scaler)
         if step and isinstance(self.hook_state, PowerSGDState):
             self.hook_state.start_powerSGD_iter = powersgd_warmup(c, step)
-        if self.metrics:
-            self.metrics.set_static(world_size=env.world_size, max_steps=c.max_steps, restart_count=env.restart_count)
-            self.metrics._pod(self.metrics.step).set(step)
-            if meta:
-                self.metrics.observe_checkpoint(completed_at=meta.saved_at, seconds=None)
+        processor = MetricsProcessor(
+            c, rank=env.rank, world_size=env.world_size, restart_count=env.restart_count,
+            local_world_size=env.local_world_size, exporter=self.metrics,
+            flops_per_token=self.flops_per_token, peak_flops=self.peak_flops,
+        )
+        processor.start(step=step, checkpoint_saved_at=meta.saved_at if meta else None)
         result = FitResult("completed", step, start_step, env.world_size, checkpoint_step=meta.step if meta else None)
         if step >= c.max_steps:
             log.info("nothing to do: the checkpoint is at step %d >= max_steps %d", step, c.max_steps)
@@ -327,120 +348,80 @@ class Trainer:
         )
         sampler = ElasticSampler(len(self.workload.dataset), c.batch_size, env.rank, env.world_size, c.seed, position)
         batches = iter(self._loader(sampler))
-        tps_window: list[tuple[float, float]] = []
-        log_every = max(1, c.max_steps // 20)
-        last_status = 0.0
-        first_loss = None
+        hooks = self.hooks
+        recent_losses: collections.deque[float] = collections.deque(maxlen=5)
         while step < c.max_steps:
             t0 = time.monotonic()
             ids, batch = next(batches)
             batch = to_device(batch, self.device)
             t_data = time.monotonic() - t0
             self._data_seconds += t_data
+            for hook in hooks:
+                hook.on_step_start(step + 1)
             loss = self.train_step(batch)
             loss_value = float(loss.item())
             t_compute = time.monotonic() - t0 - t_data
             n = int(ids.numel())
             util, mem, power, energy = self.probe.gpu()
-            row = [0.0] * _NCOLS
-            row[_C_LOSS_SUM] = loss_value * n
-            row[_C_SAMPLES] = n
-            row[_C_TOKENS] = n * self.workload.tokens_per_sample
-            row[_C_STOP] = 1.0 if self.stop.requested else 0.0
-            row[_C_GROUP] = env.group_rank
-            row[_C_LOCAL] = env.local_rank
-            row[_C_COMM] = self.counter.total
-            row[_C_DATA] = self._data_seconds
-            row[_C_CPU] = self.probe.cpu_seconds()
-            row[_C_RSS] = self.probe.rss_bytes()
-            row[_C_GPU_UTIL], row[_C_GPU_MEM], row[_C_GPU_POWER], row[_C_GPU_ENERGY] = util, mem, power, energy
-            row[_C_COMPUTE] = t_compute
             comp_err = self.counter.take_compression_error()
-            row[_C_COMPRESSION_ERROR] = -1.0 if comp_err is None else comp_err
-            row[_C_GRAD_LOCAL_SQ], row[_C_GRAD_GLOBAL_SQ] = self._take_gradient_norms()
-            rows = self._gather_rows(row)
+            grad_local_sq, grad_global_sq = self._take_gradient_norms()
+            gathered = self._gather(StepStats(
+                loss_sum=loss_value * n, samples=n, tokens=n * self.workload.tokens_per_sample,
+                stop=1.0 if self.stop.requested else 0.0, group_rank=env.group_rank, local_rank=env.local_rank,
+                communicated_bytes=self.counter.total, data_loading_seconds=self._data_seconds,
+                cpu_seconds=self.probe.cpu_seconds(), rss_bytes=self.probe.rss_bytes(),
+                gpu_utilization=util, gpu_memory_bytes=mem, gpu_power_watts=power, gpu_energy_joules=energy,
+                compute_seconds=t_compute, compression_error=-1.0 if comp_err is None else comp_err,
+                grad_local_sq=grad_local_sq, grad_global_sq=grad_global_sq,
+            ))
             id_lists = self._gather_ids(ids) if c.sample_log_path else None
             step_seconds = time.monotonic() - t0
 
             step += 1
-            job_samples = int(rows[:, _C_SAMPLES].sum().item())
-            job_tokens = int(rows[:, _C_TOKENS].sum().item())
+            totals = gathered.totals()
+            job_samples, job_tokens = int(totals.samples), int(totals.tokens)
             position += job_samples
             samples_total += job_samples
             tokens_total += job_tokens
             productive += t_compute
-            job_loss = float(rows[:, _C_LOSS_SUM].sum().item()) / max(job_samples, 1)
-            if first_loss is None:
-                first_loss = job_loss
-            result.losses.append(job_loss)
-            result.comm_bytes.append(self.counter.take())
-            result.step_seconds.append(step_seconds)
-            errs = rows[:, _C_COMPRESSION_ERROR]
-            result.compression_errors.append(float(errs[errs >= 0].mean().item()) if bool((errs >= 0).any()) else None)
-            noise_scale = self._observe_noise_scale(rows)
-            result.noise_scales.append(noise_scale)
-            tps_window.append((step_seconds, job_tokens))
-            tps_window = tps_window[-20:]
-            job_tps = sum(t for _, t in tps_window) / max(sum(s for s, _ in tps_window), 1e-9)
-            result.tokens_per_second = job_tps
-            stoppers = int(rows[:, _C_STOP].sum().item())
-            goodput = productive / max(time.time() - job_start, 1e-9)
+            record = StepRecord(
+                step=step, loss=totals.loss_sum / max(job_samples, 1), step_seconds=step_seconds,
+                job_tokens=job_tokens, job_samples=job_samples, comm_bytes=self.counter.take(),
+                compression_error=gathered.mean_where_set("compression_error"),
+                noise_scale=self._observe_noise_scale(gathered),
+                goodput=productive / max(time.time() - job_start, 1e-9), stopping=int(totals.stop),
+                pod=gathered.of_pod(env.group_rank) if processor.exports_pod else (),
+            )
+            if result.first_loss is None:
+                result.first_loss = record.loss
+            result.last_loss = record.loss
+            recent_losses.append(record.loss)
 
             if env.rank == 0 and id_lists is not None:
                 with open(c.sample_log_path, "a", encoding="utf-8") as fh:
                     fh.write(json.dumps({"step": step, "world_size": env.world_size, "restart": env.restart_count,
                                          "position": position - job_samples, "ids": id_lists}) + "\n")
-            pod_tps = None
-            mfu = None
-            if self.metrics:
-                mine = rows[rows[:, _C_GROUP] == env.group_rank]
-                procs = [
-                    ProcessFigures(
-                        local_rank=int(r[_C_LOCAL]), communicated_bytes=float(r[_C_COMM]), data_loading_seconds=float(r[_C_DATA]),
-                        cpu_seconds=float(r[_C_CPU]), rss_bytes=float(r[_C_RSS]), gpu_utilization=float(r[_C_GPU_UTIL]),
-                        gpu_memory_bytes=float(r[_C_GPU_MEM]), gpu_power_watts=float(r[_C_GPU_POWER]), gpu_energy_joules=float(r[_C_GPU_ENERGY]),
-                        compression_error=float(r[_C_COMPRESSION_ERROR]),
-                    )
-                    for r in mine
-                ]
-                pod_tps, _, mfu = self.metrics.observe_step(
-                    step=step, loss=job_loss, step_seconds=step_seconds,
-                    pod_tokens=float(mine[:, _C_TOKENS].sum().item()), pod_samples=float(mine[:, _C_SAMPLES].sum().item()),
-                    goodput=goodput, flops_per_token=self.flops_per_token, peak_flops=self.peak_flops,
-                    pod_devices=env.local_world_size, processes=procs, noise_scale=noise_scale,
-                )
-            if env.rank == 0:
-                if step <= 3 or step % log_every == 0 or step == c.max_steps:
-                    log.info(
-                        "step %d/%d loss %.4f tokens/s %.0f (job) step %.3fs comm %.1f KiB/step%s",
-                        step, c.max_steps, job_loss, job_tps, step_seconds, self.counter.total / max(step - start_step, 1) / 1024,
-                        f" mfu {mfu:.3f}" if mfu is not None else "",
-                    )
+            processor.observe(record)
+            for hook in hooks:
+                hook.on_step_end(record)
+            stoppers = record.stopping
             if stoppers:
                 result.outcome = "sigterm" if self.stop.requested else "peer_preempted"
                 log.warning("%d rank(s) got SIGTERM: checkpointing at step %d and stopping", stoppers, step)
                 if self.ckpt:
-                    self._save(step, position, "sigterm", productive, job_start, tokens_total, samples_total)
+                    self._save(processor, step, position, "sigterm", productive, job_start, tokens_total, samples_total)
             elif self.ckpt and (step % c.checkpoint_interval_steps == 0 or step == c.max_steps):
-                self._save(step, position, "final" if step == c.max_steps else "interval", productive, job_start,
+                self._save(processor, step, position, "final" if step == c.max_steps else "interval", productive, job_start,
                            tokens_total, samples_total)
-            if env.rank == 0 and c.status_path:
-                now = time.monotonic()
-                if now - last_status > 0.25 or step == c.max_steps or stoppers:
-                    last_status = now
-                    write_status(c.status_path, {
-                        "step": step, "max_steps": c.max_steps, "start_step": start_step, "loss": job_loss,
-                        "first_loss": first_loss, "tokens_per_second": job_tps, "world_size": env.world_size,
-                        "eta_seconds": (c.max_steps - step) * (sum(s for s, _ in tps_window) / len(tps_window)),
-                        "goodput": goodput, "restart": env.restart_count,
-                        "checkpoint_step": self.ckpt.last_saved_step if self.ckpt else None,
-                        "mfu": mfu, "outcome": "running" if step < c.max_steps and not stoppers else result.outcome,
-                        "time": time.time(),
-                    })
+            processor.write_status(
+                record, outcome="running" if step < c.max_steps and not stoppers else result.outcome,
+                checkpoint_step=self.ckpt.last_saved_step if self.ckpt else None,
+            )
             if stoppers:
                 break
         result.step = step
         result.checkpoint_step = self.ckpt.last_saved_step if self.ckpt else None
-        if result.losses and not all(math.isfinite(x) for x in result.losses[-5:]):
+        result.tokens_per_second = processor.rates.tokens_per_second
+        if not all(math.isfinite(x) for x in recent_losses):
             log.warning("the loss is not finite at the end of training")
         return result

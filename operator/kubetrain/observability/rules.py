@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
+from kubetrain.contract.metric_names import OperatorMetric as O, TrainerMetric as T
 from kubetrain.observability import promql as q
 
 
@@ -67,14 +68,14 @@ def alerts(s: AlertSettings) -> list[dict[str, Any]]:
     # already active a window ago (min_over_time alone would pass a job that started minutes ago).
     active_throughout = f"min_over_time(({q.active()})[{w}:1m]) == 1 and on ({q.BY_JOB}) {q.active(offset=w)} == 1"
     # Only jobs whose trainer was asked to export metrics (spec.metrics.enabled) can go silent.
-    exporting = f"on ({q.BY_JOB}) kubetrain_operator_job_trainer_metrics == 1"
-    silent = f"({active_throughout} and {exporting}) unless on ({q.BY_JOB}) max_over_time(kubetrain_trainer_step[{w}])"
+    exporting = f"on ({q.BY_JOB}) {O.JOB_TRAINER_METRICS} == 1"
+    silent = f"({active_throughout} and {exporting}) unless on ({q.BY_JOB}) max_over_time({T.STEP}[{w}])"
     return [
         _alert(
             "KubetrainJobStalled",
-            f"(max by ({q.BY_JOB}) (changes(kubetrain_trainer_step[{w}])) == 0 and {running}) or ({silent})",
+            f"(max by ({q.BY_JOB}) (changes({T.STEP}[{w}])) == 0 and {running}) or ({silent})",
             "1m", "warning",
-            "Training job {{ $labels.namespace }}/{{ $labels.job }} makes no progress",
+            "Training job {{ $labels.namespace }}/{{ $labels.trainingjob }} makes no progress",
             f"The job-wide step has not advanced for {w} while the job is Running, "
             f"or its trainer has exported no step for {w} while the operator keeps the job active.",
         ),
@@ -83,35 +84,35 @@ def alerts(s: AlertSettings) -> list[dict[str, Any]]:
             f"kubetrain:job_tokens_per_second:sum < {s.throughput_drop_ratio} * "
             "avg_over_time(kubetrain:job_tokens_per_second:sum[1h] offset 10m)",
             "10m", "warning",
-            "Throughput of {{ $labels.namespace }}/{{ $labels.job }} dropped sharply",
+            "Throughput of {{ $labels.namespace }}/{{ $labels.trainingjob }} dropped sharply",
             f"Tokens/s are below {s.throughput_drop_ratio} of the previous hour's average.",
         ),
         _alert(
             "KubetrainRestartsClimbing",
-            f"sum by ({q.BY_JOB}) (increase(kubetrain_operator_restarts_total[1h])) >= {s.restarts_per_hour}",
+            f"sum by ({q.BY_JOB}) (increase({O.RESTARTS}[1h])) >= {s.restarts_per_hour}",
             "0m", "warning",
-            "{{ $labels.namespace }}/{{ $labels.job }} keeps restarting",
+            "{{ $labels.namespace }}/{{ $labels.trainingjob }} keeps restarting",
             f"At least {s.restarts_per_hour} restarts in the last hour.",
         ),
         _alert(
             "KubetrainGPUsIdle",
             f"kubetrain:job_gpu_utilization:ratio < {s.gpu_idle_ratio} and {running}",
             s.gpu_idle_for, "warning",
-            "GPUs of {{ $labels.namespace }}/{{ $labels.job }} are idle",
+            "GPUs of {{ $labels.namespace }}/{{ $labels.trainingjob }} are idle",
             f"Mean GPU utilisation is below {s.gpu_idle_ratio} while the job is Running.",
         ),
         _alert(
             "KubetrainJobFailed",
-            'kubetrain_operator_job_phase{phase="Failed"} == 1',
+            f'{O.JOB_PHASE}{{phase="Failed"}} == 1',
             "0m", "critical",
-            "Training job {{ $labels.namespace }}/{{ $labels.job }} failed",
-            "See `kubectl describe tj {{ $labels.job }} -n {{ $labels.namespace }}` for the reason.",
+            "Training job {{ $labels.namespace }}/{{ $labels.trainingjob }} failed",
+            "See `kubectl describe tj {{ $labels.trainingjob }} -n {{ $labels.namespace }}` for the reason.",
         ),
         _alert(
             "KubetrainCheckpointStale",
             f"({q.checkpoint_age_seconds()}) > {s.checkpoint_max_age_seconds} and {running}",
             "5m", "warning",
-            "Checkpoint of {{ $labels.namespace }}/{{ $labels.job }} is old",
+            "Checkpoint of {{ $labels.namespace }}/{{ $labels.trainingjob }} is old",
             f"The newest complete checkpoint is older than {s.checkpoint_max_age_seconds} s: "
             "a failure now would lose that much progress.",
         ),

@@ -1,6 +1,7 @@
 """The operator's own Prometheus metrics. The registry is injected: tests use their own, never the global one.
 
-Labels are bounded: namespace, job, phase, role, reason and state (a closed set).
+Labels are bounded: namespace, trainingjob, phase, role, reason and state (a closed set; kubetrain.contract.metric_names).
+Never `job` or `instance`: Prometheus owns those (the scrape target).
 Series of a deleted job are removed, so the operator's memory and its
 exposition stay proportional to the jobs that exist.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from kubetrain.contract.vocabulary import ACTIVE_PHASES, RETRYABLE_REASONS, Phase
+from kubetrain.contract.metric_names import OPERATOR_JOB_LABELS, OperatorMetric as M
 from kubetrain.operator.planner import STORE_LOST, Plan
 
 PHASES: tuple[str, ...] = tuple(p.value for p in Phase)
@@ -25,34 +27,34 @@ ALLOCATION_REASONS = ("Started", "Grown", "Shrunk", "Stopped")
 
 class OperatorMetrics:
     def __init__(self, registry: CollectorRegistry):
-        job = ["namespace", "job"]
-        self.phase = Gauge("kubetrain_operator_job_phase", "1 for the phase the job is in, 0 for the others.", [*job, "phase"], registry=registry)
-        self.reconcile = Histogram("kubetrain_operator_reconcile_duration_seconds", "Time to reconcile one TrainingJob.",
+        job = list(OPERATOR_JOB_LABELS)
+        self.phase = Gauge(M.JOB_PHASE, "1 for the phase the job is in, 0 for the others.", [*job, "phase"], registry=registry)
+        self.reconcile = Histogram(M.RECONCILE_DURATION, "Time to reconcile one TrainingJob.",
                                    registry=registry, buckets=RECONCILE_BUCKETS)
-        self.reconcile_errors = Counter("kubetrain_operator_reconcile_errors_total", "Reconciles that raised (retried with backoff).", registry=registry)
-        self.scaling = Counter("kubetrain_operator_scaling_events_total", "Changes of a job's desired replicas, by reason.", [*job, "reason"], registry=registry)
-        self.restarts = Counter("kubetrain_operator_restarts_total", "Restarts used by a job, by failure reason.", [*job, "reason"], registry=registry)
-        self.time_to_running = Histogram("kubetrain_operator_time_to_running_seconds", "From a job's creation to its first Running.",
+        self.reconcile_errors = Counter(M.RECONCILE_ERRORS, "Reconciles that raised (retried with backoff).", registry=registry)
+        self.scaling = Counter(M.SCALING_EVENTS, "Changes of a job's desired replicas, by reason.", [*job, "reason"], registry=registry)
+        self.restarts = Counter(M.RESTARTS, "Restarts used by a job, by failure reason.", [*job, "reason"], registry=registry)
+        self.time_to_running = Histogram(M.TIME_TO_RUNNING, "From a job's creation to its first Running.",
                                          ["namespace"], registry=registry, buckets=STARTUP_BUCKETS)
         # Workers only: the store pod is one per job whatever its size, and observe() sees the plan's status, not the pods.
-        self.pods = Gauge("kubetrain_operator_job_pods", "A job's unfinished worker pods (role=worker); its rendezvous-store pod is not counted.",
+        self.pods = Gauge(M.JOB_PODS, "A job's unfinished worker pods (role=worker); its rendezvous-store pod is not counted.",
                           [*job, "role"], registry=registry)
-        self.replicas = Gauge("kubetrain_operator_job_replicas", "A job's worker replicas: desired and ready.", [*job, "state"], registry=registry)
-        self.gpus = Gauge("kubetrain_operator_job_gpus", "GPUs held by a job's ready workers.", job, registry=registry)
-        self.gpu_seconds = Counter("kubetrain_operator_job_gpu_seconds_total", "GPU time held by a job's ready workers (divide by 3600 for GPU-hours).",
+        self.replicas = Gauge(M.JOB_REPLICAS, "A job's worker replicas: desired and ready.", [*job, "state"], registry=registry)
+        self.gpus = Gauge(M.JOB_GPUS, "GPUs held by a job's ready workers.", job, registry=registry)
+        self.gpu_seconds = Counter(M.JOB_GPU_SECONDS, "GPU time held by a job's ready workers (divide by 3600 for GPU-hours).",
                                    job, registry=registry)
         # Lets an alert tell a trainer that went silent from one that was never asked to speak.
-        self.trainer_metrics = Gauge("kubetrain_operator_job_trainer_metrics", "1 when the job's pods export trainer metrics "
+        self.trainer_metrics = Gauge(M.JOB_TRAINER_METRICS, "1 when the job's pods export trainer metrics "
                                      "(spec.metrics.enabled), else 0.", job, registry=registry)
         # The goodput allocator (allocation.py): one histogram and one counter per operator, one gauge per managed job.
-        self.allocator_round = Histogram("kubetrain_operator_allocator_round_duration_seconds",
+        self.allocator_round = Histogram(M.ALLOCATOR_ROUND_DURATION,
                                          "Time of one goodput-allocator round (models, allocation, targets).",
                                          registry=registry, buckets=RECONCILE_BUCKETS)
-        self.allocator_decisions = Counter("kubetrain_operator_allocator_decisions_total",
+        self.allocator_decisions = Counter(M.ALLOCATOR_DECISIONS,
                                            "Jobs the goodput allocator resized, started or stopped, by reason.", ["reason"], registry=registry)
         for reason in ALLOCATION_REASONS:
             self.allocator_decisions.labels(reason)
-        self.allocated = Gauge("kubetrain_operator_job_allocated_replicas",
+        self.allocated = Gauge(M.JOB_ALLOCATED_REPLICAS,
                                "Replicas the goodput allocator gives an opted-in job (its desired replicas follow).", job, registry=registry)
         self._known: set[tuple[str, str]] = set()
 

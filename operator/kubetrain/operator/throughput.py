@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from kubetrain.contract.metric_names import NAMESPACE, TRAININGJOB, TrainerMetric as M
 from kubetrain.observability import promql
 
 log = logging.getLogger("kubetrain.operator.throughput")
@@ -69,8 +70,8 @@ class PrometheusSource:
         out = {}
         for sample in body.get("data", {}).get("result", []):
             labels = sample["metric"]
-            if "namespace" in labels and "job" in labels:
-                out[(labels["namespace"], labels["job"])] = float(sample["value"][1])
+            if NAMESPACE in labels and TRAININGJOB in labels:
+                out[(labels[NAMESPACE], labels[TRAININGJOB])] = float(sample["value"][1])
         return out
 
     def read(self) -> dict[JobKey, Throughput]:
@@ -97,16 +98,16 @@ def aggregate_expositions(texts: list[str]) -> Throughput:
     for text in texts:
         for family in text_string_to_metric_families(text):
             for s in family.samples:
-                if s.name == "kubetrain_trainer_tokens_per_second":
+                if s.name == M.TOKENS_PER_SECOND:
                     tokens += s.value
                     seen = True
-                elif s.name == "kubetrain_trainer_samples_per_second":
+                elif s.name == M.SAMPLES_PER_SECOND:
                     samples += s.value
-                elif s.name == "kubetrain_trainer_step":
+                elif s.name == M.STEP:
                     step = s.value if step is None else max(step, s.value)
-                elif s.name == "kubetrain_trainer_loss":
+                elif s.name == M.LOSS:
                     losses.append(s.value)
-                elif s.name == "kubetrain_trainer_gradient_noise_scale":
+                elif s.name == M.GRADIENT_NOISE_SCALE:
                     # Every pod exports the job's one estimate: the maximum is promql.gradient_noise_scale()'s aggregation.
                     noise = s.value if noise is None else max(noise, s.value)
     if not seen and step is None:
