@@ -257,6 +257,20 @@ def test_alert_thresholds_are_chart_values():
     assert "@@" not in template(MONITORING)
 
 
+def test_kueue_enabled_grants_workloads_and_flavor_reads_and_tells_the_operator():
+    off = render({})
+    assert container_env(operator_container(off))["KUBETRAIN_KUEUE"] == "false"
+    docs = render({"kueue.enabled": True})
+    assert container_env(operator_container(docs))["KUBETRAIN_KUEUE"] == "true"
+    (role,) = find(docs, "ClusterRole")
+    assert rules(role) - rules(find(off, "ClusterRole")[0]) == expand(
+        ("kueue.x-k8s.io", "workloads", "get list create patch delete"), ("kueue.x-k8s.io", "workloads/status", "update"),
+        ("kueue.x-k8s.io", "resourceflavors", "get"), ("scheduling.k8s.io", "priorityclasses", "get"))
+    namespaced = render(NAMESPACED | {"kueue.enabled": True})
+    assert all(("kueue.x-k8s.io", "workloads/status", "update") in rules(r) for r in find(namespaced, "Role"))
+    assert ("kueue.x-k8s.io", "resourceflavors", "get") in rules(find(namespaced, "ClusterRole")[0])
+
+
 def test_every_value_is_documented_in_values_yaml_and_docs():
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     documented = [key for key, _, _ in documented_values()]

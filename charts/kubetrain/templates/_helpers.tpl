@@ -95,6 +95,17 @@ Each rule names the code that needs it.
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
+{{- if .Values.kueue.enabled }}
+# Kueue (docs/kueue.md): one Workload per queued job (create, read each reconcile, active follows
+# spec.suspend: patch; finished and deleted with its job: list, delete), and its status: the quota
+# given back after an eviction, Finished, reclaimable pods (update: a whole-status write).
+- apiGroups: [kueue.x-k8s.io]
+  resources: [workloads]
+  verbs: [get, list, create, patch, delete]
+- apiGroups: [kueue.x-k8s.io]
+  resources: [workloads/status]
+  verbs: [update]
+{{- end }}
 {{- end -}}
 
 {{/* Cluster-scoped reads every mode needs. */}}
@@ -107,6 +118,16 @@ Each rule names the code that needs it.
 - apiGroups: [apiextensions.k8s.io]
   resources: [customresourcedefinitions]
   verbs: [list, watch]
+{{- if .Values.kueue.enabled }}
+# Kueue: an admitted flavor's node labels and tolerations go onto the pods; a job's PriorityClass
+# value goes into its Workload (Kueue requires it with the reference). Read-only.
+- apiGroups: [kueue.x-k8s.io]
+  resources: [resourceflavors]
+  verbs: [get]
+- apiGroups: [scheduling.k8s.io]
+  resources: [priorityclasses]
+  verbs: [get]
+{{- end }}
 {{- end -}}
 
 {{/* Kopf's peering object: its status holds each pod's keep-alive and priority. */}}
