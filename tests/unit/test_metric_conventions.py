@@ -30,7 +30,8 @@ UNITLESS_GAUGES = {"kubetrain_trainer_loss", "kubetrain_trainer_step", "kubetrai
                    "kubetrain_trainer_tokens_per_second", "kubetrain_trainer_samples_per_second",
                    "kubetrain_trainer_gradient_noise_scale", "kubetrain_operator_job_phase", "kubetrain_operator_job_pods",
                    "kubetrain_operator_job_replicas", "kubetrain_operator_job_gpus", "kubetrain_operator_job_trainer_metrics",
-                   "kubetrain_operator_job_allocated_replicas"}
+                   "kubetrain_operator_job_allocated_replicas", OperatorMetric.SWEEP_TRIALS, OperatorMetric.SWEEP_BEST_VALUE,
+                   OperatorMetric.SWEEP_SAVED_TRIAL_STEPS}
 
 
 def _families(registry: CollectorRegistry):

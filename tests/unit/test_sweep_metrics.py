@@ -7,7 +7,8 @@ from datetime import datetime, timezone
 from prometheus_client import CollectorRegistry
 
 from kubetrain.api.manifests import parse_sweep
-from kubetrain.operator.sweep_metrics import SWEEP_LABELS, TRIAL_STATES, SweepMetric, SweepMetrics
+from kubetrain.contract.metric_names import OPERATOR_SWEEP_LABELS, OperatorMetric
+from kubetrain.operator.sweep_metrics import TRIAL_STATES, SweepMetrics
 from kubetrain.tuning.plan import SweepMemory, plan_sweep
 from support.variants import REPO, load_yaml
 
@@ -24,13 +25,13 @@ def test_trials_by_state_best_value_and_savings_follow_the_status():
     m.observe("ml", "gpt-lr", {"trials": {"pending": 1, "running": 2, "succeeded": 3, "pruned": 4, "failed": 0},
                                 "bestTrial": {"number": 2, "job": "gpt-lr-t2", "state": "Succeeded", "value": 1.25},
                                 "prunedSteps": 900, "prunedGpuSeconds": 7200.0})
-    assert [_value(r, SweepMetric.TRIALS, state=s) for s in TRIAL_STATES] == [1, 2, 3, 4, 0]
-    assert _value(r, SweepMetric.BEST_VALUE) == 1.25
-    assert _value(r, SweepMetric.SAVED_TRIAL_STEPS) == 900 and _value(r, SweepMetric.SAVED_GPU_SECONDS) == 7200.0
+    assert [_value(r, OperatorMetric.SWEEP_TRIALS, state=s) for s in TRIAL_STATES] == [1, 2, 3, 4, 0]
+    assert _value(r, OperatorMetric.SWEEP_BEST_VALUE) == 1.25
+    assert _value(r, OperatorMetric.SWEEP_SAVED_TRIAL_STEPS) == 900 and _value(r, OperatorMetric.SWEEP_SAVED_GPU_SECONDS) == 7200.0
     # No best trial yet (a sweep just started): no best-value series rather than a made-up 0.
     m.observe("ml", "gpt-lr", {"trials": {"running": 2}})
-    assert _value(r, SweepMetric.BEST_VALUE) is None and _value(r, SweepMetric.TRIALS, state="Running") == 2
-    assert _value(r, SweepMetric.TRIALS, state="Succeeded") == 0
+    assert _value(r, OperatorMetric.SWEEP_BEST_VALUE) is None and _value(r, OperatorMetric.SWEEP_TRIALS, state="Running") == 2
+    assert _value(r, OperatorMetric.SWEEP_TRIALS, state="Succeeded") == 0
 
 
 def test_a_deleted_sweeps_series_go():
@@ -50,10 +51,10 @@ def test_the_series_of_a_planned_sweep_and_their_labels():
     plan = plan_sweep(parse_sweep(manifest), body, [], SweepMemory(), NOW)
     r = CollectorRegistry()
     SweepMetrics(r).observe("ml", "gpt-lr", plan.status)
-    assert _value(r, SweepMetric.TRIALS, state="Pending") == 2
+    assert _value(r, OperatorMetric.SWEEP_TRIALS, state="Pending") == 2
     for fam in r.collect():
         assert fam.type == "gauge" and not fam.name.endswith("_total")
         for sample in fam.samples:
             # Bounded labels, and never Prometheus' own job/instance.
-            assert set(sample.labels) <= {*SWEEP_LABELS, "state"}, sample
+            assert set(sample.labels) <= {*OPERATOR_SWEEP_LABELS, "state"}, sample
             assert sample.labels.get("state", "Pending") in TRIAL_STATES

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 # -- labels ---------------------------------------------------------------------------------------
 TRAININGJOB = "trainingjob"  # the TrainingJob's metadata.name
+TRAININGSWEEP = "trainingsweep"  # a TrainingSweep's metadata.name (the operator's sweep series)
 NAMESPACE = "namespace"  # the TrainingJob's namespace (for trainer series also the pod's)
 POD = "pod"
 LOCAL_RANK = "local_rank"
@@ -23,7 +24,9 @@ TRAINER_POD_LABELS = (TRAININGJOB, NAMESPACE, POD)
 TRAINER_PROCESS_LABELS = (*TRAINER_POD_LABELS, LOCAL_RANK)
 # The operator's per-job series; a closed set of extra labels (phase, reason, role, state) on some.
 OPERATOR_JOB_LABELS = (NAMESPACE, TRAININGJOB)
-OPERATOR_LABELS = frozenset({*OPERATOR_JOB_LABELS, "phase", "role", "reason", "state"})
+# The operator's per-sweep series (state, on the trial counts, is the trial's).
+OPERATOR_SWEEP_LABELS = (NAMESPACE, TRAININGSWEEP)
+OPERATOR_LABELS = frozenset({*OPERATOR_JOB_LABELS, *OPERATOR_SWEEP_LABELS, "phase", "role", "reason", "state"})
 
 
 class TrainerMetric:
@@ -72,3 +75,8 @@ class OperatorMetric:
     ALLOCATOR_ROUND_DURATION = "kubetrain_operator_allocator_round_duration_seconds"
     ALLOCATOR_DECISIONS = "kubetrain_operator_allocator_decisions_total"
     JOB_ALLOCATED_REPLICAS = "kubetrain_operator_job_allocated_replicas"
+    # TrainingSweeps (kubetrain/operator/sweep_metrics.py).
+    SWEEP_TRIALS = "kubetrain_operator_sweep_trials"
+    SWEEP_BEST_VALUE = "kubetrain_operator_sweep_best_value"
+    SWEEP_SAVED_TRIAL_STEPS = "kubetrain_operator_sweep_saved_trial_steps"
+    SWEEP_SAVED_GPU_SECONDS = "kubetrain_operator_sweep_saved_gpu_seconds"

@@ -9,9 +9,14 @@ Metric and label names come from :mod:`kubetrain.contract.metric_names`.
 
 from __future__ import annotations
 
-from kubetrain.operator.sweep_metrics import SWEEP_LABELS, SweepMetric as S
-
-from kubetrain.contract.metric_names import NAMESPACE, POD, TRAININGJOB, OperatorMetric as O, TrainerMetric as T
+from kubetrain.contract.metric_names import (
+    NAMESPACE,
+    OPERATOR_SWEEP_LABELS,
+    POD,
+    TRAININGJOB,
+    OperatorMetric as O,
+    TrainerMetric as T,
+)
 
 # A job is its namespace and its TrainingJob name (never Prometheus' own ``job``, the scrape job).
 BY_JOB = f"{NAMESPACE}, {TRAININGJOB}"
@@ -153,20 +158,20 @@ def dcgm_by_job(metric: str, how: str = "avg", scale: float = 1.0) -> str:
 
 
 # A sweep's figures, from the operator (one series per sweep: labels namespace, trainingsweep).
-BY_SWEEP = f"namespace, {SWEEP_LABELS[1]}"
+BY_SWEEP = ", ".join(OPERATOR_SWEEP_LABELS)
 
 
 def sweep_trials(sel: str = "") -> str:
-    return f"sum by ({BY_SWEEP}, state) ({_m(S.TRIALS, sel)})"
+    return f"sum by ({BY_SWEEP}, state) ({_m(O.SWEEP_TRIALS, sel)})"
 
 
 def sweep_best_value(sel: str = "") -> str:
-    return f"max by ({BY_SWEEP}) ({_m(S.BEST_VALUE, sel)})"
+    return f"max by ({BY_SWEEP}) ({_m(O.SWEEP_BEST_VALUE, sel)})"
 
 
 def sweep_saved_gpu_hours(sel: str = "") -> str:
-    return f"sum by ({BY_SWEEP}) ({_m(S.SAVED_GPU_SECONDS, sel)}) / 3600"
+    return f"sum by ({BY_SWEEP}) ({_m(O.SWEEP_SAVED_GPU_SECONDS, sel)}) / 3600"
 
 
 def sweep_saved_trial_steps(sel: str = "") -> str:
-    return f"sum by ({BY_SWEEP}) ({_m(S.SAVED_TRIAL_STEPS, sel)})"
+    return f"sum by ({BY_SWEEP}) ({_m(O.SWEEP_SAVED_TRIAL_STEPS, sel)})"

@@ -12,32 +12,21 @@ from typing import Any, get_args
 from prometheus_client import CollectorRegistry, Gauge
 
 from kubetrain.api.sweep import TrialState
+from kubetrain.contract.metric_names import OPERATOR_SWEEP_LABELS, OperatorMetric as M
 
 TRIAL_STATES: tuple[str, ...] = get_args(TrialState)
-# The TrainingSweep's name is the label ``trainingsweep`` (as a TrainingJob's is ``trainingjob``): never ``job``,
-# which Prometheus owns.
-SWEEP_LABELS = ("namespace", "trainingsweep")
-
-
-class SweepMetric:
-    """The series' names (the dashboard's PromQL builds on these)."""
-
-    TRIALS = "kubetrain_operator_sweep_trials"
-    BEST_VALUE = "kubetrain_operator_sweep_best_value"
-    SAVED_TRIAL_STEPS = "kubetrain_operator_sweep_saved_trial_steps"
-    SAVED_GPU_SECONDS = "kubetrain_operator_sweep_saved_gpu_seconds"
 
 
 class SweepMetrics:
     def __init__(self, registry: CollectorRegistry):
-        sweep = list(SWEEP_LABELS)
-        self.trials = Gauge(SweepMetric.TRIALS, "A sweep's trials by state (Pending, Running, Succeeded, Pruned, Failed).",
+        sweep = list(OPERATOR_SWEEP_LABELS)
+        self.trials = Gauge(M.SWEEP_TRIALS, "A sweep's trials by state (Pending, Running, Succeeded, Pruned, Failed).",
                             [*sweep, "state"], registry=registry)
-        self.best = Gauge(SweepMetric.BEST_VALUE, "The objective's value of the sweep's best trial so far, in the objective's "
+        self.best = Gauge(M.SWEEP_BEST_VALUE, "The objective's value of the sweep's best trial so far, in the objective's "
                           "own terms (spec.objective.metric: loss, tokens/s or MFU).", sweep, registry=registry)
-        self.saved_steps = Gauge(SweepMetric.SAVED_TRIAL_STEPS, "Trial-steps early stopping saved: for each pruned trial, "
+        self.saved_steps = Gauge(M.SWEEP_SAVED_TRIAL_STEPS, "Trial-steps early stopping saved: for each pruned trial, "
                                  "maxSteps minus the step it stopped at.", sweep, registry=registry)
-        self.saved_gpu_seconds = Gauge(SweepMetric.SAVED_GPU_SECONDS, "GPU time early stopping saved: each pruned trial's "
+        self.saved_gpu_seconds = Gauge(M.SWEEP_SAVED_GPU_SECONDS, "GPU time early stopping saved: each pruned trial's "
                                        "remaining steps at the GPU-seconds per step it had spent (divide by 3600 for "
                                        "GPU-hours).", sweep, registry=registry)
 
