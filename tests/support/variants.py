@@ -10,9 +10,10 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 _ALL_EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
-# Examples by the kind they show: a TrainingJob (with what it needs), or a TrainingSweep.
+# Examples by the kind they show: a TrainingJob (with what it needs), or a TrainingSweep. Files of
+# neither (kueue-queues.yaml: Kueue's queues for kueue.yaml) are applied by the tests that need them.
 SWEEP_EXAMPLES = [p for p in _ALL_EXAMPLES if "\nkind: TrainingSweep" in p.read_text()]
-EXAMPLES = [p for p in _ALL_EXAMPLES if p not in SWEEP_EXAMPLES]
+EXAMPLES = [p for p in _ALL_EXAMPLES if p not in SWEEP_EXAMPLES and "\nkind: TrainingJob" in p.read_text()]
 _VARIANTS = yaml.safe_load((REPO / "tests" / "data" / "invalid-variants.yaml").read_text())
 _SWEEP_VARIANTS = yaml.safe_load((REPO / "tests" / "data" / "invalid-sweep-variants.yaml").read_text())
 
