@@ -102,6 +102,8 @@ def observed(cluster, tmp_path_factory) -> Iterator[dict]:
                      "spec": {"replicas": {"min": 1, "max": 2}, "container": {"gpusPerReplica": 8},
                               "scheduling": {"tolerations": [gpu_pool.KWOK_TOLERATION]}}})
         jobs.wait(JOB, lambda s: s.get("readyReplicas") == 2, "job running", 90)
+        # A sweep for the Sweeps row: its first trial (a KWOK job) reports a loss and ends, so it has a best value.
+        _sweep_with_a_finished_trial(cluster, jobs, ns)
         # Enough scrapes for rate() over the dashboard's 5m windows, and a checkpoint.
         wait_for(lambda: prom.query(f'kubetrain_trainer_step{{trainingjob="{JOB}"}} > 40'), timeout=240, what="trainer past step 40")
         yield {"prom": prom, "jobs": jobs, "ns": ns}
@@ -112,11 +114,32 @@ def observed(cluster, tmp_path_factory) -> Iterator[dict]:
         jobs.delete(JOB)
 
 
+SWEEP = "observed-sweep"
+
+
+def _sweep_with_a_finished_trial(cluster, jobs: Jobs, ns: str) -> None:
+    from kubernetes import client
+
+    client.CustomObjectsApi(cluster.api).create_namespaced_custom_object("kubetrain.dev", "v1alpha1", ns, "trainingsweeps", {
+        "apiVersion": "kubetrain.dev/v1alpha1", "kind": "TrainingSweep", "metadata": {"name": SWEEP},
+        "spec": {"template": {"spec": {"replicas": {"min": 1, "max": 1}, "container": {"gpusPerReplica": 8},
+                                       "scheduling": {"tolerations": [gpu_pool.KWOK_TOLERATION]}, "trainer": {"maxSteps": 300}}},
+                 "parameters": [{"name": "lr", "target": "trainer.learningRate", "type": "float", "min": 1e-4, "max": 1e-1, "log": True}],
+                 "algorithm": {"type": "random", "seed": 1}, "maxTrials": 2, "parallelism": 1}})
+    trial = f"{SWEEP}-t0"
+    wait_for(lambda: jobs.exists(trial), timeout=60, what="the sweep's first trial")
+    jobs.wait(trial, lambda s: s.get("readyReplicas") == 1, f"{trial} running", 90)
+    jobs.patch_status(trial, {"throughput": {"step": 300, "loss": 1.5}})  # what the throughput reader would write
+    for pod in jobs.pods(trial):
+        gpu_pool.finish_pod(cluster.api, ns, pod.metadata.name, 0)
+    jobs.wait_phase(trial, "Succeeded", 90)
+
+
 def _concrete(expr: str, ns: str) -> str:
     return expr.replace("$namespace", ns).replace("$trainingjob", JOB).replace("$__range", "5m")
 
 
-LIVE_SOURCES = {"trainer", "operator"}  # gpu needs GPU nodes, dcgm the DCGM exporter: see test_metric_names
+LIVE_SOURCES = {"trainer", "operator", "sweep"}  # gpu needs GPU nodes, dcgm the DCGM exporter: see test_metric_names
 
 
 @pytest.mark.parametrize("panel", [p for p in dashboard.panels() if p.source in LIVE_SOURCES], ids=lambda p: p.title)
