@@ -1,4 +1,5 @@
-"""Sweeps whose trials train in real pods on the real node (opt-in: KUBETRAIN_REAL_NODE=1, see conftest.py).
+"""Sweeps whose trials train in real pods on the real node (gated as test_real_node.py: KUBETRAIN_REAL_NODE=1,
+or ``auto`` as make test sets it; unset, they skip).
 
 The operator from the chart (images built from this repository) runs a 4-trial sweep of the built-in GPT on
 CPU: it reads each trial's loss from its pods, stops the losers with ASHA, and ends with a best trial. A
