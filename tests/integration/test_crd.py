@@ -71,7 +71,7 @@ def test_kubectl_get_shows_the_printer_columns(jobs):
                                    "throughput": {"tokensPerSecond": 1234.5, "step": 17}})
     out = kubectl("get", "tj", "-n", jobs.ns).stdout
     header, row = out.splitlines()[:2]
-    assert header.split() == ["NAME", "PHASE", "READY", "DESIRED", "MIN", "MAX", "PRECISION", "TOKENS/S", "AGE"]
+    assert header.split() == ["NAME", "PHASE", "READY", "DESIRED", "MIN", "MAX", "PRECISION", "TOKENS/S", "QUEUE", "AGE"]
     assert row.split()[:8] == ["gpt-tiny", "Running", "2", "2", "1", "2", "fp32", "1234.5"]
     wide = kubectl("get", "trainingjobs.kubetrain.dev", "-n", jobs.ns, "-o", "wide").stdout
     assert "STEP" in wide and "17" in wide

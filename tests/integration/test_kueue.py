@@ -177,6 +177,14 @@ def _finish(cluster, jobs: Jobs, name: str) -> None:
     jobs.wait_phase(name, "Succeeded", 60)
 
 
+def _get_tj(jobs: Jobs) -> dict[str, dict[str, str]]:
+    """`kubectl get tj` as {job: {column: value}}, cut at the header's column starts (a value may hold spaces)."""
+    header, *rows = kubectl("get", "tj", "-n", jobs.ns).stdout.splitlines()
+    names = header.split()
+    starts = [header.index(n) for n in names] + [None]
+    return {row.split()[0]: {n: row[starts[i]:starts[i + 1]].strip() for i, n in enumerate(names)} for row in rows}
+
+
 def _let_go(jobs: Jobs, pod: str) -> None:
     try:
         p = jobs.core.read_namespaced_pod(pod, jobs.ns)
@@ -204,8 +212,10 @@ def test_quota_admits_one_job_the_next_waits_saying_why_and_runs_when_the_first_
     jobs.create(queued_job("second", 2, 2, "gpus-a"))
     st = _waiting(jobs, "second", kq.WAIT_QUEUED)
     assert "quota" in _cond(st, "Suspended")["message"] and jobs.pods("second") == []
-    row = kubectl("get", "tj", "second", "-n", jobs.ns, "--no-headers").stdout.split()
-    assert row[1] == "Suspended"
+    jobs.wait("second", lambda s: s.get("queue") == kq.WAIT_QUEUED, "status.queue says why", 30)
+    shown = _get_tj(jobs)
+    assert shown["first"]["PHASE"] == "Running" and shown["first"]["QUEUE"] == f"Admitted 2/2 ({jobs.ns}-a)"
+    assert shown["second"]["PHASE"] == "Suspended" and shown["second"]["QUEUE"] == kq.WAIT_QUEUED
     _finish(cluster, jobs, "first")
     assert _cond(workload(jobs, "first"), "Finished")["reason"] == "Succeeded"
     _running(jobs, "second", 2)
@@ -215,7 +225,7 @@ def test_partial_admission_starts_at_the_admitted_count(jobs, queues):
     queues.cluster_queue("a", gpus=16)
     jobs.create(queued_job("partial", 2, 4, "gpus-a"))
     st = _running(jobs, "partial", 2)
-    assert st["desiredReplicas"] == 2
+    assert st["desiredReplicas"] == 2 and st["queue"] == f"Admitted 2/4 ({jobs.ns}-a)"
     assert _cond(st, "Schedulable")["reason"] == "KueueAdmission"
     (workers,) = [a for a in workload(jobs, "partial")["status"]["admission"]["podSetAssignments"] if a["name"] == "workers"]
     assert workers["count"] == 2

@@ -87,7 +87,7 @@ def test_a_queued_job_gets_one_workload_and_no_pods_until_admitted():
     patch, events = _run(runtime, state, _body(QUEUED))
     assert dict(patch) == {}  # with Kueue, the Workload admits: spec.suspend is left alone
     assert kube.workload_creates == 1 and kube.created == []
-    assert kube.status_patches[-1]["phase"] == "Suspended"
+    assert kube.status_patches[-1]["phase"] == "Suspended" and kube.status_patches[-1]["queue"] == kueue.WAIT_QUEUED
     assert {c["type"]: c for c in kube.status_patches[-1]["conditions"]}["Suspended"]["reason"] == kueue.WAIT_QUEUED
     _run(runtime, state, _body(QUEUED))
     assert kube.workload_creates == 1  # found again, never created twice
@@ -101,6 +101,7 @@ def test_an_admitted_job_runs_at_the_admitted_count_with_the_flavors_placement()
     _, events = _run(runtime, state, _body(QUEUED))
     assert kube.created == ["Service/j-rdzv", "Pod/j-rdzv", "Pod/j-w0-0"]
     assert ("Normal", "Admitted") in events
+    assert {k: v for p in kube.status_patches for k, v in p.items()}["queue"] == "Admitted 1/2 (team-a)"
     worker, store = kube.manifests["j-w0-0"]["spec"], kube.manifests["j-rdzv"]["spec"]
     assert worker["nodeSelector"] == {"pool": "h100"} and {"key": "kwok", "operator": "Exists"} in worker["tolerations"]
     assert "nodeSelector" not in store and {"key": "kwok", "operator": "Exists"} in store["tolerations"]

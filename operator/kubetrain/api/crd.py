@@ -41,6 +41,7 @@ PRINTER_COLUMNS = [
     {"name": "Max", "type": "integer", "jsonPath": ".spec.replicas.max", "description": "Most replicas"},
     {"name": "Precision", "type": "string", "jsonPath": ".spec.precision", "description": "Numeric precision"},
     {"name": "Tokens/s", "type": "number", "jsonPath": ".status.throughput.tokensPerSecond", "description": "Job-wide tokens per second"},
+    {"name": "Queue", "type": "string", "jsonPath": ".status.queue", "description": "Kueue: admitted (workers, ClusterQueue) or why it waits"},
     {"name": "Step", "type": "integer", "jsonPath": ".status.throughput.step", "priority": 1, "description": "Job-wide step"},
     {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts", "priority": 1, "description": "Restarts used"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},

@@ -742,6 +742,11 @@ class TrainingJobStatus(ApiModel):
     last_scaling: ScalingEvent | None = Field(None, description="The last scaling decision.")
     allocation: AllocationStatus | None = Field(None, description="The goodput allocator's view of the job, when it manages it.")
     rendezvous_id: str | None = Field(None, description="The torchrun rendezvous id of this job.")
+    queue: str | None = Field(
+        None, max_length=256,
+        description="Kueue (docs/kueue.md), for a queued job: 'Admitted <workers>/<max> (<ClusterQueue>)', "
+        "or why it waits: WaitingForQueue, QueueInadmissible, Preempted, Evicted.",
+    )
     selector: str | None = Field(None, description="Label selector of the worker pods (for the scale subresource).")
 
 

@@ -94,9 +94,9 @@ def reconcile_job(body: kopf.Body | dict[str, Any], patch: kopf.Patch, runtime: 
             refused = execute_or_refused(result, planned, job, raw, runtime, state)
             planner.record_create_failure(result, raw["status"], refused, obs.now)
             reflect_throughput(job, raw, obs, result, runtime.throughput)
-            write_status(raw, result, runtime.kube, state)
-            if adm is not None:
+            if adm is not None:  # before the status write: it adds status.queue
                 result.events += workloads.after(job, raw, obs, result, adm, runtime, state)
+            write_status(raw, result, runtime.kube, state)
             report_to_allocator(job, raw, obs, result, runtime, idx)
         except ApiException as exc:
             runtime.metrics.reconcile_errors.inc()

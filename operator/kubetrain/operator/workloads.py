@@ -84,6 +84,7 @@ def after(job: TrainingJob, body: dict[str, Any], obs: planner.Observed, result:
     phase = status.get("phase")
     events: list[tuple[str, str, str]] = []
     admitted_before, state.admission_seen = state.admission_seen, adm.admitted
+    result.status["queue"] = queue_state(adm, wl, job.spec.replicas.max)
     if phase in TERMINAL_PHASES:
         if not adm.finished:
             cond = next((c for c in status.get("conditions") or [] if c.get("type") == phase), {})
@@ -106,6 +107,16 @@ def after(job: TrainingJob, body: dict[str, Any], obs: planner.Observed, result:
             events.append(("Normal", "ReclaimablePods", f"{n} admitted workers given back to Kueue; growing past "
                                                         f"{(adm.workers or 0) - n} waits for a new admission"))
     return events
+
+
+def queue_state(adm: kueue.Admission, wl: dict[str, Any], hi: int) -> str:
+    """status.queue, the job's `kubectl get tj` column: admitted where and how big, or why it waits."""
+    if adm.finished:
+        return "Finished"
+    if adm.admitted:
+        cq = ((wl.get("status") or {}).get("admission") or {}).get("clusterQueue", "?")
+        return f"Admitted {adm.workers if adm.workers is not None else hi}/{hi} ({cq})"
+    return adm.waiting[0] if adm.waiting else kueue.WAIT_QUEUED
 
 
 def finish_deleted(runtime: OperatorRuntime, namespace: str, job: str) -> None:
