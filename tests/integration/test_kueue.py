@@ -278,6 +278,27 @@ def test_borrowed_gpus_are_reclaimed_by_preemption_the_victim_stops_with_a_check
         sched.delete_priority_class(high)
 
 
+def test_a_job_that_shrinks_gives_the_freed_workers_back_and_grows_only_through_a_new_admission(cluster, jobs, queues):
+    team = queues.cluster_queue("a", gpus=32)
+    jobs.create(queued_job("shrinking", 2, 4, "gpus-a"))
+    _running(jobs, "shrinking", 4)
+    assert queues.usage(team)["total"] == "32"
+    store_node = jobs.pods("shrinking", role="rendezvous")[0].spec.node_name
+    node = next(p.spec.node_name for p in jobs.pods("shrinking") if p.spec.node_name != store_node)
+    gpu_pool.delete_node(cluster.api, node)
+    try:
+        jobs.wait("shrinking", lambda s: s.get("readyReplicas") == 3 and s.get("desiredReplicas") == 3, "shrunk to 3", 120)
+        wait_for(lambda: workload(jobs, "shrinking")["status"].get("reclaimablePods") == [{"name": "workers", "count": 1}],
+                 timeout=30, what="one worker reported reclaimable")
+        wait_for(lambda: queues.usage(team)["total"] == "24", timeout=30, what="Kueue counts 3 workers' GPUs")
+        assert "ReclaimablePods" in {e.reason for e in jobs.events("shrinking")}
+    finally:
+        gpu_pool.add_nodes(cluster.api, 1)
+    # The node is back and its GPUs are free, yet the job stays at 3: growth waits for a new admission.
+    st = jobs.wait("shrinking", lambda s: _cond(s, "Schedulable").get("reason") == "KueueAdmission", "capped by the admission", 30)
+    assert st["desiredReplicas"] == 3 and len([p for p in jobs.pods("shrinking") if not p.metadata.deletion_timestamp]) == 3
+
+
 def test_deleting_a_job_finishes_and_removes_its_workload(jobs, queues):
     team = queues.cluster_queue("a", gpus=16)
     jobs.create(queued_job("doomed", 1, 1, "gpus-a"))
