@@ -299,6 +299,20 @@ def test_a_job_that_shrinks_gives_the_freed_workers_back_and_grows_only_through_
     assert st["desiredReplicas"] == 3 and len([p for p in jobs.pods("shrinking") if not p.metadata.deletion_timestamp]) == 3
 
 
+def test_suspending_an_admitted_job_gives_its_quota_back_and_resuming_requeues_it(jobs, queues):
+    team = queues.cluster_queue("a", gpus=16)
+    jobs.create(queued_job("pausable", 1, 1, "gpus-a"))
+    _running(jobs, "pausable", 1)
+    jobs.patch("pausable", {"spec": {"suspend": True}})
+    st = _waiting(jobs, "pausable", "Suspended")
+    assert workload(jobs, "pausable")["spec"]["active"] is False
+    wait_gone(lambda: jobs.pods("pausable"), "the suspended job's pods")
+    wait_for(lambda: queues.usage(team)["total"] == "0", timeout=30, what="the quota released")
+    jobs.patch("pausable", {"spec": {"suspend": False}})
+    st = _running(jobs, "pausable", 1)
+    assert st["restarts"] == 0 and workload(jobs, "pausable")["spec"]["active"] is True
+
+
 def test_deleting_a_job_finishes_and_removes_its_workload(jobs, queues):
     team = queues.cluster_queue("a", gpus=16)
     jobs.create(queued_job("doomed", 1, 1, "gpus-a"))

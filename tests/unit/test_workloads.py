@@ -148,6 +148,12 @@ def test_a_finished_job_finishes_its_workload_and_a_deleted_one_removes_it():
     assert kube.workloads == {}
 
 
+def test_a_job_that_finished_without_a_workload_gets_none():
+    kube = KueueKube()
+    _run(_runtime(kube), JobMemo(), _body(QUEUED) | {"status": {"phase": "Succeeded"}})
+    assert kube.workload_creates == 0 and kube.status_writes == []
+
+
 def test_a_suspended_job_deactivates_its_workload():
     kube = KueueKube()
     runtime = _runtime(kube)

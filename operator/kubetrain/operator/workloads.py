@@ -28,6 +28,10 @@ def before(job: TrainingJob, body: dict[str, Any], runtime: OperatorRuntime, sta
     admits, and the admitted flavors' placement for the pods this round creates (in ``state``)."""
     kube, meta = runtime.kube, body["metadata"]
     wl = kube.get_workload(meta["namespace"], kueue.workload_name(job.metadata.name, meta["uid"]))
+    if wl is None and (body.get("status") or {}).get("phase") in TERMINAL_PHASES:
+        # Finished before Kueue was enabled (or its Workload deleted by hand): nothing left to queue.
+        state.workload, state.placement, state.placement_key = None, {}, None
+        return kueue.Admission(finished=True)
     if wl is None:
         pcn = job.spec.scheduling.priority_class_name
         priority = kube.priority_class_value(pcn) if pcn else None
