@@ -64,7 +64,10 @@ SYSCTLS = (
 )
 NODE_SYSCTLS = {"net.ipv4.ip_forward": "1", "net.bridge.bridge-nf-call-iptables": "1"}
 # Host paths the kubelet, containerd and libcni hard-code; removed on teardown if they were not there before.
-HOST_PATHS = (Path("/run/containerd"), Path("/var/log/containers"), Path("/var/lib/cni"))
+# The hostPath behind examples/cpu-real-node.yaml's checkpoint volume: a fixed path a manifest can
+# name, writable by the trainer's uid 1000 (sticky, as /tmp), removed with the node.
+CHECKPOINTS = Path("/var/lib/kubetrain-node/checkpoints")
+HOST_PATHS = (Path("/run/containerd"), Path("/var/log/containers"), Path("/var/lib/cni"), CHECKPOINTS.parent)
 CNI_RESULTS = Path("/var/lib/cni/results")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 HOST_RECORD = Path("/run/kubetrain/real-node.json")
@@ -212,6 +215,8 @@ class RealNode:
         for sub in ("logs", "cni/net.d", "cni/ipam", "pod-logs", "kubelet"):
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
         containerd_root().mkdir(parents=True, exist_ok=True)
+        CHECKPOINTS.mkdir(parents=True, exist_ok=True)
+        CHECKPOINTS.chmod(0o1777)
 
     def _host_network(self) -> None:
         hostnet.add_bridge(BRIDGE, f"{NODE_IP}/24")
