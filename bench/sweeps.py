@@ -10,6 +10,7 @@ the machine was; wall time is shown beside it.
 from __future__ import annotations
 
 import argparse
+import json
 import io
 import statistics
 import sys
@@ -95,20 +96,35 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--budget-seconds", type=float, default=None,
                     help="start no further seed when the time so far plus the slowest seed's would pass this; "
                     "the page says how many seeds ran")
+    ap.add_argument("--seed-list", help="comma-separated sampler seeds to run, instead of 1..--seeds")
+    ap.add_argument("--merge", type=Path, help="sweeps.json of an earlier run of the same sizes: its runs join this "
+                    "one's (the page names the run they came from)")
     args = ap.parse_args(argv)
+    earlier = json.loads(args.merge.read_text()) if args.merge else None
     p = {"trials": 2 if args.quick else 8, "steps": 12 if args.quick else 60,
          "seeds": [1] if args.quick else list(range(1, args.seeds + 1)),
          "parallelism": 2, "model": "builtin:gpt, 1 layer, d_model 64, 2 heads, sequence 32, 60k-character corpus",
          "space": "lr in [1e-5, 3e-2] (log), batch in {4, 8, 12, 16}", "asha": "minSteps = steps / 9, reduction factor 3",
          "pbt": f"population = the trial budget, {PBT_GENERATIONS} generations of steps / {PBT_GENERATIONS}, bottom quarter "
                 "exploits a top quarter's checkpoint, factors 0.8 / 1.2, resample 0.25"}
-    run = Run(NAME, quick=args.quick, params=p, question=QUESTION)
+    if args.seed_list:
+        p["seeds"] = [int(x) for x in args.seed_list.split(",")]
     runs = []
+    if earlier is not None:
+        old = earlier["params"]
+        if (old["trials"], old["steps"], old["parallelism"]) != (p["trials"], p["steps"], p["parallelism"]):
+            raise SystemExit(f"--merge {args.merge}: another size ({old['trials']} trials x {old['steps']} steps)")
+        runs = [r for r in earlier["results"]["runs"] if r["seed"] not in p["seeds"]]
+        p["merged"] = {"seeds": sorted({r["seed"] for r in runs}), "date": earlier["date"],
+                       "commit": ((earlier.get("versions") or {}).get("git_commit") or "")[:12],
+                       "load_average": [earlier.get("load_average_before"), earlier.get("load_average_after")]}
+    run = Run(NAME, quick=args.quick, params=p, question=QUESTION)
+    ran_here = len(runs)
     started, slowest = time.monotonic(), 0.0
     with tempfile.TemporaryDirectory(prefix="kubetrain-bench-sweeps-") as tmp:
         for seed in list(p["seeds"]):
             elapsed = time.monotonic() - started
-            if args.budget_seconds is not None and runs and elapsed + slowest > args.budget_seconds:
+            if args.budget_seconds is not None and len(runs) > ran_here and elapsed + slowest > args.budget_seconds:
                 p["seeds_planned"], p["seeds"] = list(p["seeds"]), p["seeds"][: p["seeds"].index(seed)]
                 break
             seed_started = time.monotonic()
@@ -118,6 +134,8 @@ def main(argv: list[str] | None = None) -> Path:
                 except Exception as exc:  # noqa: BLE001 - one failed run is recorded, the others go on
                     run.error(f"{label} seed {seed}", repr(exc))
             slowest = max(slowest, time.monotonic() - seed_started)
+    if earlier is not None:
+        p["seeds"] = sorted(set(p["merged"]["seeds"]) | set(p["seeds"]))
     res = run.results
     res["runs"] = runs
     res["strategies"] = {}
@@ -187,7 +205,10 @@ def render(doc: dict) -> str:
         f"{p['trials']} trials per sweep, {p['steps']} steps each, {p['parallelism']} at a time; {p['model']}; "
         f"search space {p['space']}; ASHA {p['asha']}; PBT {p.get('pbt', '—')}. Sampler seeds {p['seeds']}: figures are the median (min – max) "
         "over them" + (f" (the run planned seeds {p['seeds_planned']} and stopped at its time budget)"
-                      if p.get("seeds_planned") else "") + ". Compute is trial-steps: a pruned trial counts the steps "
+                      if p.get("seeds_planned") else "")
+        + (f"; seeds {p['merged']['seeds']} come from the run of {p['merged']['date']} (commit "
+           f"{p['merged']['commit']}, load average before/after {p['merged']['load_average']}), merged into this one"
+           if p.get("merged") else "") + ". Compute is trial-steps: a pruned trial counts the steps "
         "it trained, a PBT trial the steps of its generation.",
         "",
         f"**TPE + ASHA reached random search's best loss (within 2%) in {sum(reach)} of {len(reach)} seeds, after "
