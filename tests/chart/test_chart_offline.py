@@ -264,7 +264,7 @@ def test_kueue_enabled_grants_workloads_and_flavor_reads_and_tells_the_operator(
     assert container_env(operator_container(docs))["KUBETRAIN_KUEUE"] == "true"
     (role,) = find(docs, "ClusterRole")
     assert rules(role) - rules(find(off, "ClusterRole")[0]) == expand(
-        ("kueue.x-k8s.io", "workloads", "get list create patch delete"), ("kueue.x-k8s.io", "workloads/status", "update"),
+        ("kueue.x-k8s.io", "workloads", "get list watch create patch delete"), ("kueue.x-k8s.io", "workloads/status", "update"),
         ("kueue.x-k8s.io", "resourceflavors", "get"), ("scheduling.k8s.io", "priorityclasses", "get"))
     namespaced = render(NAMESPACED | {"kueue.enabled": True})
     assert all(("kueue.x-k8s.io", "workloads/status", "update") in rules(r) for r in find(namespaced, "Role"))

@@ -46,7 +46,9 @@ def kueue(cluster) -> Iterator[LocalKueue]:
 
 @pytest.fixture(scope="module")
 def kueue_operator(cluster, kueue, tmp_path_factory) -> Iterator[Operator]:
-    with running_operator(cluster, tmp_path_factory, {"KUBETRAIN_KUEUE": "true"}) as op:
+    # A 10-minute timer: every reaction in these tests comes from an event (the job's, its pods', its
+    # Workload's, a node's), none from the timer's next tick.
+    with running_operator(cluster, tmp_path_factory, {"KUBETRAIN_KUEUE": "true", "KUBETRAIN_RECONCILE_INTERVAL": "600"}) as op:
         yield op
 
 
@@ -185,6 +187,11 @@ def _get_tj(jobs: Jobs) -> dict[str, dict[str, str]]:
     return {row.split()[0]: {n: row[starts[i]:starts[i + 1]].strip() for i, n in enumerate(names)} for row in rows}
 
 
+def _usage(queues: Queues, name: str, expected: dict[str, str]) -> None:
+    """Wait for a ClusterQueue's GPU reservation to read ``expected``: Kueue writes its status a moment after admitting."""
+    wait_for(lambda: queues.usage(name) == expected, timeout=30, what=f"ClusterQueue {name} reserving {expected}")
+
+
 def _let_go(jobs: Jobs, pod: str) -> None:
     try:
         p = jobs.core.read_namespaced_pod(pod, jobs.ns)
@@ -242,7 +249,7 @@ def test_borrowed_gpus_are_reclaimed_by_preemption_the_victim_stops_with_a_check
         # Team B has no GPUs of its own: it runs on team A's idle ones.
         jobs.create(queued_job("lender", 2, 2, "gpus-b"))
         _running(jobs, "lender", 2)
-        assert queues.usage(team_b) == {"total": "16", "borrowed": "16"}
+        _usage(queues, team_b, {"total": "16", "borrowed": "16"})
         victims = [p.metadata.name for p in jobs.pods("lender")]
         for pod in victims:
             jobs.core.patch_namespaced_pod(pod, jobs.ns, {"metadata": {"finalizers": [HOLD]}})
@@ -264,7 +271,7 @@ def test_borrowed_gpus_are_reclaimed_by_preemption_the_victim_stops_with_a_check
         _running(jobs, "owner", 2)
         wl = workload(jobs, "lender")
         assert "admission" not in wl["status"] and _cond(wl, "Requeued")["reason"] == "Preempted"
-        assert queues.usage(team_a)["total"] == "16"
+        _usage(queues, team_a, {"total": "16", "borrowed": "0"})
         st = _waiting(jobs, "lender", kq.WAIT_QUEUED)
         assert "requeued after preempted" in _cond(st, "Suspended")["message"]
         assert {"Preempted", "QuotaReleased"} <= {e.reason for e in jobs.events("lender")}
@@ -282,7 +289,7 @@ def test_a_job_that_shrinks_gives_the_freed_workers_back_and_grows_only_through_
     team = queues.cluster_queue("a", gpus=32)
     jobs.create(queued_job("shrinking", 2, 4, "gpus-a"))
     _running(jobs, "shrinking", 4)
-    assert queues.usage(team)["total"] == "32"
+    _usage(queues, team, {"total": "32", "borrowed": "0"})
     store_node = jobs.pods("shrinking", role="rendezvous")[0].spec.node_name
     node = next(p.spec.node_name for p in jobs.pods("shrinking") if p.spec.node_name != store_node)
     gpu_pool.delete_node(cluster.api, node)
@@ -290,7 +297,7 @@ def test_a_job_that_shrinks_gives_the_freed_workers_back_and_grows_only_through_
         jobs.wait("shrinking", lambda s: s.get("readyReplicas") == 3 and s.get("desiredReplicas") == 3, "shrunk to 3", 120)
         wait_for(lambda: workload(jobs, "shrinking")["status"].get("reclaimablePods") == [{"name": "workers", "count": 1}],
                  timeout=30, what="one worker reported reclaimable")
-        wait_for(lambda: queues.usage(team)["total"] == "24", timeout=30, what="Kueue counts 3 workers' GPUs")
+        _usage(queues, team, {"total": "24", "borrowed": "0"})  # Kueue counts 3 workers' GPUs
         assert "ReclaimablePods" in {e.reason for e in jobs.events("shrinking")}
     finally:
         gpu_pool.add_nodes(cluster.api, 1)
@@ -307,7 +314,7 @@ def test_suspending_an_admitted_job_gives_its_quota_back_and_resuming_requeues_i
     st = _waiting(jobs, "pausable", "Suspended")
     assert workload(jobs, "pausable")["spec"]["active"] is False
     wait_gone(lambda: jobs.pods("pausable"), "the suspended job's pods")
-    wait_for(lambda: queues.usage(team)["total"] == "0", timeout=30, what="the quota released")
+    _usage(queues, team, {"total": "0", "borrowed": "0"})  # the quota released
     jobs.patch("pausable", {"spec": {"suspend": False}})
     st = _running(jobs, "pausable", 1)
     assert st["restarts"] == 0 and workload(jobs, "pausable")["spec"]["active"] is True
@@ -317,10 +324,10 @@ def test_deleting_a_job_finishes_and_removes_its_workload(jobs, queues):
     team = queues.cluster_queue("a", gpus=16)
     jobs.create(queued_job("doomed", 1, 1, "gpus-a"))
     _running(jobs, "doomed", 1)
-    assert queues.usage(team)["total"] == "8"
+    _usage(queues, team, {"total": "8", "borrowed": "0"})
     jobs.delete("doomed")
     wait_gone(lambda: workloads(jobs, "doomed"), "the Workload removed")
-    wait_for(lambda: queues.usage(team)["total"] == "0", timeout=30, what="the quota released")
+    _usage(queues, team, {"total": "0", "borrowed": "0"})  # the quota released
 
 
 def test_operator_restart_mid_admission_duplicates_nothing(cluster, jobs, queues, kueue_operator):

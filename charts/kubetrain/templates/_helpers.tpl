@@ -97,11 +97,12 @@ Each rule names the code that needs it.
   verbs: [create]
 {{- if .Values.kueue.enabled }}
 # Kueue (docs/kueue.md): one Workload per queued job (create, read each reconcile, active follows
-# spec.suspend: patch; finished and deleted with its job: list, delete), and its status: the quota
-# given back after an eviction, Finished, reclaimable pods (update: a whole-status write).
+# spec.suspend: patch; finished and deleted with its job: list, delete; Kopf watches them to wake
+# the job when Kueue admits or evicts it: list, watch), and its status: the quota given back after
+# an eviction, Finished, reclaimable pods (update: a whole-status write).
 - apiGroups: [kueue.x-k8s.io]
   resources: [workloads]
-  verbs: [get, list, create, patch, delete]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [kueue.x-k8s.io]
   resources: [workloads/status]
   verbs: [update]

@@ -18,12 +18,12 @@ from typing import Any
 import kopf
 
 from kubetrain.api.models import GROUP, PLURAL, VERSION
-from kubetrain.operator import capacity, naming, planner, reconcile
+from kubetrain.operator import capacity, kueue, naming, planner, reconcile
 from kubetrain.operator import nodes as node_loss
 from kubetrain.operator.kube import Kube
 from kubetrain.operator.reconcile import RETRY_BACKOFF, Indexes, plain
 from kubetrain.operator.runtime import RUNTIME_KEY, JobMemo, OperatorRuntime
-from kubetrain.operator.settings import OperatorConfig, reconcile_interval_from_env
+from kubetrain.operator.settings import OperatorConfig, kueue_from_env, reconcile_interval_from_env
 
 # Kopf takes a timer's interval when the decorator runs, at import, before any startup handler:
 # this one setting is read from the environment here. (A fixed short timer that skips rounds until
@@ -162,6 +162,16 @@ async def node_event(type: str | None, name: str, body: kopf.Body, memo: kopf.Me
 async def wake_job(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
     """A pod of a job changed: reconcile the job soon (coalesced with the pod's siblings' events)."""
     OperatorRuntime.of(memo).wakes.wake((namespace, labels[naming.LABEL_JOB]), asyncio.get_running_loop())
+
+
+# Registered at import, as the timer's interval is read: without Kueue the Workload CRD does not
+# exist, and Kopf would wait for it.
+if kueue_from_env():
+
+    @kopf.on.event(kueue.GROUP, kueue.VERSION, kueue.PLURAL, labels={naming.LABEL_JOB: kopf.PRESENT})
+    async def wake_queued_job(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+        """Kueue admitted, evicted or requeued a job's Workload: reconcile the job now, not at its next tick."""
+        OperatorRuntime.of(memo).wakes.wake((namespace, labels[naming.LABEL_JOB]), asyncio.get_running_loop())
 
 
 def _orphaned(meta: kopf.Meta, **_: Any) -> bool:

@@ -14,6 +14,11 @@ def reconcile_interval_from_env(env: dict[str, str] | None = None) -> float:
     return float((os.environ if env is None else env).get("KUBETRAIN_RECONCILE_INTERVAL", "5"))
 
 
+def kueue_from_env(env: dict[str, str] | None = None) -> bool:
+    """Whether a Kueue runs in the cluster (KUBETRAIN_KUEUE, the chart's kueue.enabled; default false)."""
+    return (os.environ if env is None else env).get("KUBETRAIN_KUEUE", "false").lower() == "true"
+
+
 def _namespaces(value: str) -> list[str]:
     return [n.strip() for n in value.split(",") if n.strip()]
 
@@ -65,5 +70,5 @@ class OperatorConfig:
             goodput_interval_seconds=float(env.get("KUBETRAIN_GOODPUT_INTERVAL", "60")),
             goodput_min_dwell_seconds=float(env.get("KUBETRAIN_GOODPUT_MIN_DWELL", "180")),
             goodput_restart_seconds=float(env.get("KUBETRAIN_GOODPUT_RESTART_SECONDS", "25")),
-            kueue=env.get("KUBETRAIN_KUEUE", "false").lower() == "true",
+            kueue=kueue_from_env(env),
         )
