@@ -288,6 +288,7 @@ def app_image(name: str) -> Path:
     if shutil.which("buildah") is None:
         raise ImageError("buildah is not installed (make tools installs it)")
     _base_in_buildah()
+    previous = _image_id(spec.image)
     started = time.monotonic()
     # --isolation oci: chroot isolation refuses any network but the host's. --network host: the
     # Dockerfiles' apt-get and pip reach Debian and the package index as the host does (the only
@@ -303,9 +304,31 @@ def app_image(name: str) -> Path:
     _buildah("push", spec.image, f"docker-archive:{tmp}:{spec.image}")
     tmp.replace(out)
     key_path(out).write_text(key + "\n")
+    _drop_previous(previous, spec.image)
     log.info("%s: built in %.0fs, exported in %.0fs (%.0f MB)", spec.image, built - started,
              time.monotonic() - built, out.stat().st_size / 1e6)
     return out
+
+
+def _image_id(image: str) -> str | None:
+    """The id of the image buildah's storage holds under this name, if any."""
+    try:
+        found = _buildah("images", "--noheading", "--no-trunc", "--format", "{{.ID}}", image)
+    except ImageError:  # not there
+        return None
+    return found.stdout.split()[0] if found.stdout.strip() else None
+
+
+def _drop_previous(previous: str | None, image: str) -> None:
+    """Remove the build this one replaced: buildah keeps every generation (a trainer's is ~5 GB of
+    layers), so storage grew by that much per change. Its layers shared with the new build, and the
+    cached dependency layers the next build starts from, stay."""
+    if previous and previous != _image_id(image):
+        try:
+            _buildah("rmi", previous)
+            log.info("%s: removed the previous build %s from buildah's storage", image, previous[:12])
+        except ImageError as exc:  # still a parent of another image: kept, and said
+            log.warning("%s: kept the previous build %s: %s", image, previous[:12], exc)
 
 
 def image_of(archive: Path) -> str:
