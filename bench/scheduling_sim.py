@@ -147,12 +147,17 @@ def max_replicas_for(app: App, requested: int, local: float, capacity: int) -> i
 class Simulator:
     def __init__(self, workload: list, policy: str, *, nodes: int = 16, gpus_per_node: int = 4,
                  interval: float = 60.0, restart: float = 30.0, config: AllocatorConfig | None = None,
-                 learn: bool = False, data: Path = DATA):
+                 learn: bool = False, data: Path = DATA, restart_by_app: dict[str, float] | None = None,
+                 learn_restart: bool = False):
         if policy not in POLICIES:
             raise ValueError(policy)
         self.policy, self.nodes, self.gpn = policy, nodes, gpus_per_node
         self.capacity = nodes * gpus_per_node
         self.interval, self.restart = interval, restart
+        # restart_by_app: what a resize really costs each model (e.g. Sia's measurements); ``restart`` is then only
+        # what the allocator is told before it has seen a job resize. learn_restart: after a job's first resize the
+        # allocator charges it what that resize cost (the operator's restart_cost.py), else ``restart`` throughout.
+        self.restart_by_app, self.learn_restart = restart_by_app or {}, learn_restart
         # learn=False: the allocator predicts with the true (fitted-to-all-measurements) model;
         # learn=True: with a model fitted only to the step times this job has reported so far,
         # linear scaling before its first report (what the operator will have).
@@ -206,11 +211,18 @@ class Simulator:
                 table = goodput_model(j, True, self.gpn, j.fitted if self.learn else None).table(j.max_replicas)
             inputs.append(JobInput(name=j.name, min_replicas=1, max_replicas=j.max_replicas,
                                    current_replicas=j.replicas, goodput=table, arrival=j.arrival,
-                                   restart_seconds=self.restart, started=j.started, last_change=j.last_change))
+                                   restart_seconds=self._charged(j), started=j.started, last_change=j.last_change))
         t = time.perf_counter()
         alloc = allocate(inputs, self.capacity, now, self.config)
         self.round_seconds.append(time.perf_counter() - t)
         return alloc.replicas
+
+    def _true_restart(self, j: SimJob) -> float:
+        return self.restart_by_app.get(j.app.name, self.restart)
+
+    def _charged(self, j: SimJob) -> float:
+        """The restart cost the allocator charges the job: learned once the job has been resized, else the default."""
+        return self._true_restart(j) if self.learn_restart and j.restarts > 0 else self.restart
 
     # -- time ----------------------------------------------------------------------------
     def _rate(self, j: SimJob) -> tuple[float, float]:
@@ -258,8 +270,8 @@ class Simulator:
                                 j.started = now
                             else:
                                 j.restarts += 1
-                                j.lost_seconds += self.restart
-                            j.restart_left = self.restart
+                                j.lost_seconds += self._true_restart(j)
+                            j.restart_left = self._true_restart(j)
                         j.replicas, j.last_change = r, now
                     j.placement = placed.get(j.name, {})
             # Advance to the next round in steps of at most 60 s (the noise scale changes by epoch).

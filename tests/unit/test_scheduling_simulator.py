@@ -94,3 +94,17 @@ def test_learning_throughput_online_fits_each_new_configuration():
     # Every job reports at least its first configuration; each new one triggers a refit.
     assert r["fits"] >= len(TRACE)
     assert run("elastic")["fits"] == 0
+
+
+def test_restart_costs_by_model_are_charged_and_learned_after_a_jobs_first_resize():
+    by_app = {"cifar10": 200.0, "ncf": 5.0}
+    sim = Simulator(list(TRACE), "elastic", nodes=2, gpus_per_node=4, restart=25.0, restart_by_app=by_app,
+                    learn_restart=True, config=AllocatorConfig(payback_seconds=0.0))
+    fresh = sim.jobs[1]  # cifar10, not resized yet: the allocator charges the default
+    assert sim._charged(fresh) == 25.0 and sim._true_restart(fresh) == 200.0  # noqa: SLF001
+    fresh.restarts = 1
+    assert sim._charged(fresh) == 200.0  # noqa: SLF001 - what its resizes cost, once it has had one
+    r = Simulator(list(TRACE), "elastic", nodes=2, gpus_per_node=4, restart=25.0, restart_by_app=by_app,
+                  config=AllocatorConfig(payback_seconds=0.0)).run()
+    flat = run("elastic", restart=25.0, config=AllocatorConfig(payback_seconds=0.0))
+    assert r["finished"] == r["jobs"] and r["avg_jct"] != flat["avg_jct"]  # the per-model cost is what is charged
