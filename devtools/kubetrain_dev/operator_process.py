@@ -70,6 +70,7 @@ def kubetrain_operator(kubeconfig: Path, log: Path, env: Mapping[str, str] | Non
     (a test's, a developer's ``make run``) would hold it, and the startup handler would fail to bind."""
     port = free_port()
     full_env = os.environ | {"KUBECONFIG": str(kubeconfig), "KUBETRAIN_STANDALONE": "true", "PYTHONUNBUFFERED": "1",
-                             "KUBETRAIN_METRICS_PORT": str(free_port())} | dict(env or {})
+                             "KUBETRAIN_METRICS_PORT": str(free_port()),
+                             "MALLOC_ARENA_MAX": "2"} | dict(env or {})  # as the chart's Deployment sets it
     argv = [sys.executable, "-m", "kubetrain.operator", "--liveness", f"http://127.0.0.1:{port}/healthz"]
     return OperatorProcess(argv, full_env, log, f"http://127.0.0.1:{port}/healthz")

@@ -165,6 +165,7 @@ def test_cluster_mode_rbac_is_exactly_what_the_operator_calls():
     assert not find(docs, "Role") and not find(docs, "RoleBinding")
     env = container_env(operator_container(docs))
     assert env["KUBETRAIN_WATCH_NAMESPACES"] == "" and env["KUBETRAIN_STANDALONE"] == "true"
+    assert env["MALLOC_ARENA_MAX"] == "2"  # bounds the memory the handler threads' malloc arenas keep
 
 
 def test_namespaced_mode_has_a_role_per_namespace_and_only_cluster_reads_cluster_wide():

@@ -135,7 +135,9 @@ def job_event(type: str | None, namespace: str, name: str, body: kopf.Body, patc
     reconcile.on_event(body, patch, runtime, state, logger, idx)
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=RECONCILE_INTERVAL, initial_delay=1.0, backoff=RETRY_BACKOFF)
+# The first round one interval after the job appears, not at once: its own events and its pods' have
+# reconciled it by then, and at 1,000 jobs created together early rounds were CPU in the burst.
+@kopf.timer(GROUP, VERSION, PLURAL, interval=RECONCILE_INTERVAL, initial_delay=RECONCILE_INTERVAL, backoff=RETRY_BACKOFF)
 def periodic(namespace: str, name: str, body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: logging.Logger,
              job_pods: kopf.Index, gpu_nodes: kopf.Index, gpus_in_use: kopf.Index, gpus_pending: kopf.Index, **_: Any) -> None:
     runtime, state, idx = OperatorRuntime.of(memo), JobMemo.of(memo), Indexes(job_pods, gpu_nodes, gpus_in_use, gpus_pending)
