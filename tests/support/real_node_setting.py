@@ -18,7 +18,8 @@ def real_node_setting(setting: str | None = None) -> tuple[bool, str]:
     if setting == "1":
         return True, "KUBETRAIN_REAL_NODE=1"
     if setting != "auto":
-        return False, "KUBETRAIN_REAL_NODE is not set: make test sets auto, 0 turns it off"
+        said = f"KUBETRAIN_REAL_NODE={setting}" if setting else "KUBETRAIN_REAL_NODE is not set"
+        return False, f"{said}: off (make test sets auto, 1 forces it on, 0 turns it off)"
     if os.geteuid() != 0:
         return False, "KUBETRAIN_REAL_NODE=auto, but not root: the real node needs root"
     missing = real_node.missing_prerequisites()
