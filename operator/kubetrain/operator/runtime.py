@@ -111,8 +111,22 @@ class JobMemo:
     placement: dict[str, Any] = field(default_factory=dict)
     placement_key: str | None = None
     admission_seen: bool = False
-    # Create, update, resume and the timer run in Kopf's worker threads: one reconcile of a job at a time.
+    # The job's spec as models, and the generation it was parsed at (reconcile.parse).
+    parsed: tuple[int, Any] | None = None
+    # The job's generation, labels and annotations its event handler last reconciled (None: not yet).
+    seen: tuple[Any, ...] | None = None
+    # The job's events, its timer and its wakes run in threads: one reconcile of a job at a time.
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def changed(self, body: Any) -> bool:
+        """Whether the job's spec, labels or annotations changed since the event handler last saw them (and note them)."""
+        meta = body["metadata"]
+        seen = (meta.get("generation"), dict(meta.get("labels") or {}), dict(meta.get("annotations") or {}),
+                bool(meta.get("deletionTimestamp")))
+        if seen == self.seen:
+            return False
+        self.seen = seen
+        return True
 
     @classmethod
     def of(cls, memo: kopf.Memo) -> JobMemo:
