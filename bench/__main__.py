@@ -20,7 +20,7 @@ from pathlib import Path
 from bench.common import REPO, RESULTS, fmt, fmt_spread, load_average, md_table, now_utc, stamp_lines
 
 # In the order they run: the trainer figures first (they need only torch), then the control plane.
-BENCHMARKS = ["trainer_overhead", "trainer_modes", "compression_loss", "trainer_elastic", "sweeps", "scheduling", "control_plane"]
+BENCHMARKS = ["trainer_overhead", "trainer_modes", "compression_loss", "trainer_elastic", "sweeps", "scheduling", "control_plane", "real_node"]
 
 
 def main(argv: list[str] | None = None) -> int:
