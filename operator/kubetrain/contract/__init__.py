@@ -5,6 +5,7 @@ trainer image has no kopf. What crosses the boundary is defined here once:
 
 - ``env``: the ``KUBETRAIN_*`` environment (:class:`TrainerContract`) and the termination-message path;
 - ``vocabulary``: job phases, failure reasons and the trainer's exit codes, as enums;
+- ``metric_names``: the trainer's and the operator's series and their label names (``trainingjob``, never ``job``);
 - ``torchrun``: the elastic launcher's argv and rendezvous timeouts;
 - ``store``: the rendezvous store's program (run as ``python -c`` in the store pod);
 - ``noise_scale``: how the exported gradient noise scale is measured;
