@@ -77,7 +77,9 @@ def test_a_four_trial_sweep_runs_real_trials_in_pods(cluster, deployed, namespac
         values = json.loads(t["metadata"]["annotations"].get(naming.ANNOTATION_TRIAL_VALUES, "{}"))
         assert values, f"{t['metadata']['name']} reported no loss"
     best = status["bestTrial"]
-    assert best["state"] == "Succeeded" and best["step"] == 60 and best["value"] < 5.0  # a fresh model starts near ln(vocab)
+    # The value is the last loss the operator read from the trial's pods: a trial that ends between two reads
+    # reports the one before its last step (docs/sweeps.md), past ASHA's first rung for a trial that finished.
+    assert best["state"] == "Succeeded" and 10 < best["step"] <= 60 and best["value"] < 5.0  # a fresh model starts near ln(vocab)
 
 
 def test_pbt_trials_start_from_each_others_checkpoints_in_pods(cluster, deployed, namespace, shared_checkpoints):  # noqa: F811
@@ -103,4 +105,5 @@ def test_pbt_trials_start_from_each_others_checkpoints_in_pods(cluster, deployed
     assert sorted(o["exploited"] for o in origins) == [False, True]  # one continues its own line, one copies
     # Both second-generation trials started from a first-generation checkpoint, not from scratch.
     assert borrowed == {t["metadata"]["name"] for t in second}, borrowed
-    assert status["bestTrial"]["job"] in borrowed and status["bestTrial"]["step"] == 60
+    # Read in the second generation (steps 31-60), from a trial that started from another's checkpoint.
+    assert status["bestTrial"]["job"] in borrowed and 30 < status["bestTrial"]["step"] <= 60
