@@ -20,7 +20,7 @@ from pathlib import Path
 from bench.common import REPO, RESULTS, fmt, fmt_spread, load_average, md_table, now_utc, stamp_lines
 
 # In the order they run: the trainer figures first (they need only torch), then the control plane.
-BENCHMARKS = ["trainer_overhead", "trainer_modes", "compression_loss", "trainer_elastic", "sweeps", "scheduling", "control_plane", "real_node"]
+BENCHMARKS = ["trainer_overhead", "trainer_modes", "compression_loss", "trainer_elastic", "sweeps", "scheduling", "control_plane", "node_loss", "real_node"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,6 +103,17 @@ def _headlines(docs: dict[str, dict]) -> list[list[str]]:
                 what = "Node loss → first step at the smaller world" if ev == "node_loss" else "Scale-up → first step at the larger world"
                 rows.append([f"{what} ({profile} rendezvous settings)", fmt_spread(a["seconds"], " s"),
                              f"{a['seconds']['n']} cycles", "trainer_elastic.md"])
+    d = docs.get("node_loss")
+    if d and d["results"].get("summary"):
+        s = d["results"]["summary"]
+        got = lambda mode: (s.get(mode) or {}).get("replacement_running_s")  # noqa: E731
+        if got("deleted") or got("not_ready"):
+            rows.append(["Node deleted / NotReady under an elastic job → replacement pod Running on another node "
+                         f"(KWOK pool, operator defaults: {d['params']['node_lost_grace_s']:g} s node-lost grace); node deleted "
+                         "before node events",
+                         f"{fmt_spread(got('deleted'), ' s')} / {fmt_spread(got('not_ready'), ' s')}; "
+                         f"{fmt_spread(got('before/deleted'), ' s')}",
+                         f"{d['params']['cycles']} cycles", "node_loss.md"])
     d = docs.get("scheduling")
     if d and d["results"].get("headline"):
         h, ar = d["results"]["headline"], d["results"]["allocator_rounds"]

@@ -204,8 +204,49 @@ def body_of(results: dict, p: dict, out: Path) -> str:
         f"Rendezvous (`--rdzv-conf` of the pods): `{p['rendezvous']}`.",
         "",
         "Not measured here: the node-loss paths (node deleted, node NotReady) on the real node: the one real node "
-        "hosts the operator and the store too, so losing it is not a recovery this machine can show.",
+        "hosts the operator and the store too, so losing it is not a recovery this machine can show. They are "
+        "measured on the KWOK GPU pool below.",
+        *node_loss_section(out, s),
     ])
+
+
+def node_loss_section(out: Path, s: dict) -> list[str]:
+    """bench.node_loss's rows (the operator's node-loss path, KWOK pods), next to the pod-loss rows above."""
+    from bench import node_loss
+
+    path = out / f"{node_loss.NAME}.json"
+    if not path.exists():
+        return ["", "## Node loss (KWOK GPU pool)", "", "Not run yet: `python -m bench node_loss`."]
+    doc = json.loads(path.read_text())
+    return ["", "## Node loss (KWOK GPU pool)", "",
+            f"From [node_loss.md](node_loss.md) ({doc['date']}, load {doc['load_average_before']} before, "
+            f"{doc['load_average_after']} after, {doc['params']['cycles']} cycles): the operator's reaction to a lost node, "
+            "on the local control plane's simulated GPU nodes with the shipped defaults. Those pods run nothing, so "
+            "\"training again\" on real nodes adds the trainer's rendezvous after the replacement runs: the "
+            "replacement pod → first step row above (~10 s).", "",
+            md_table(["event", "KWOK pods, now", "before node events", "what bounds it"],
+                     node_loss.rows_of(doc["results"]["summary"], doc["params"])), "",
+            *_node_loss_estimate(doc["results"]["summary"], s)]
+
+
+def _node_loss_estimate(nodes: dict, pods: dict) -> list[str]:
+    """Node lost -> training again on real nodes, as a sum of medians measured apart: an estimate, said to be one."""
+    grown = (pods.get("replacement_to_world_2_s") or {}).get("median")
+    running = {m: ((nodes.get(m) or {}).get("replacement_running_s") or {}).get("median") for m in ("deleted", "not_ready")}
+    if grown is None or None in running.values():
+        return []
+    rdzv = RendezvousTimeouts()
+    return [f"Estimate, not measured: node lost → training again at full size on real nodes ≈ replacement Running "
+            f"(KWOK) + replacement → first step at world size 2 (real pods, {grown:.3g} s): deleted "
+            f"≈ {running['deleted'] + grown:.3g} s, NotReady ≈ {running['not_ready'] + grown:.3g} s. It assumes the "
+            "survivors have left their collective by then: a vanished machine sends no TCP reset, as a deleted pod "
+            f"does, so the agents' keep-alive ({rdzv.keep_alive_interval} s × {rdzv.keep_alive_max_attempt} attempts) or "
+            "the collective's timeout has to notice it, and "
+            "a real kubelet's image pull and container start come on top of KWOK's instant Running."]
+
+
+def render(doc: dict) -> str:
+    return body_of(doc["results"], doc["params"], RESULTS)
 
 
 if __name__ == "__main__":

@@ -91,6 +91,18 @@ RESULTS = {
                 "properties": {"seconds": SUMMARY, "steps_replayed": SUMMARY}}},
         },
     },
+    "node_loss": {
+        "type": "object",
+        "required": ["events", "summary"],
+        "properties": {
+            "events": {"type": "array", "minItems": 1, "items": {
+                "type": "object", "required": ["mode", "operator", "cycle", "node", "status_shows_loss_s", "replacement_created_s",
+                                               "replacement_running_s", "status_full_again_s"],
+                "properties": {"mode": {"enum": ["deleted", "not_ready"]}, "status_shows_loss_s": NUM}}},
+            "summary": {"type": "object", "required": ["deleted", "not_ready", "before/deleted"],
+                        "additionalProperties": {"type": "object", "additionalProperties": SUMMARY}},
+        },
+    },
     "control_plane": {
         "type": "object",
         "required": ["runs", "by_size"],
