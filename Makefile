@@ -28,14 +28,15 @@ install: $(STAMP) ## Create .venv with kubetrain and every extra (operator, trai
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-# Debian's packages: Prometheus and promtool for the metrics and alert tests; the real node's
+# Debian's packages: Prometheus and promtool for the metrics and alert tests (Debian's lacks Kubernetes
+# discovery: the real-node scrape test uses the Prometheus 3 that build.py makes); the real node's
 # runtime (containerd, runc, CNI plugins, iptables, conntrack) and image tools (buildah, debootstrap).
 # APT_CHECK: one file or command per package, so a machine that has them all skips apt.
 APT_PACKAGES := prometheus containerd runc containernetworking-plugins buildah debootstrap iptables conntrack
 APT_CHECK := promtool containerd runc /usr/lib/cni/bridge buildah debootstrap iptables conntrack
 
 .PHONY: tools
-tools: $(STAMP) ## Build the control plane, KWOK, Kueue, helm and the real node (kubelet, kube-proxy, CoreDNS, pause) from the Go module proxy (cached in ~/.cache/kubetrain); install Debian's packages
+tools: $(STAMP) ## Build the control plane, KWOK, Kueue, helm and the real node (kubelet, kube-proxy, CoreDNS, pause) and Prometheus 3 from the Go module proxy (cached in ~/.cache/kubetrain); install Debian's packages
 	( for c in $(APT_CHECK); do command -v $$c >/dev/null || [ -x $$c ] || exit 1; done ) \
 	  || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); }
 	$(PY) -m kubetrain_dev.devcluster build

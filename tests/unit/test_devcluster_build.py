@@ -1,5 +1,9 @@
-"""The wrapper go.mod that builds k8s.io/kubernetes and etcd with their sibling modules pinned."""
+"""Build recipes: the wrapper go.mod that builds k8s.io/kubernetes and etcd with their sibling modules
+pinned, and Prometheus with Kubernetes discovery."""
 
+import pytest
+
+from kubetrain_dev.devcluster import build, versions
 from kubetrain_dev.devcluster.build import wrapper_gomod
 
 ETCD_GOMOD = """module go.etcd.io/etcd/server/v3
@@ -41,3 +45,21 @@ def test_kubernetes_staging_replaced_by_published_tags_with_godebug():
     assert "replace k8s.io/api => k8s.io/api v0.36.3" in out
     assert "replace k8s.io/client-go => k8s.io/client-go v0.36.3" in out
     assert "godebug default=go1.26" in out and "go 1.26.0" in out
+
+
+def test_prometheus_module_tag_maps_to_its_release():
+    assert build.prometheus_release("v0.316.0") == "3.16.0"
+    assert build.prometheus_release("v0.310.12") == "3.10.12"
+    with pytest.raises(ValueError):
+        build.prometheus_release("v2.42.0")  # Prometheus' own tag, not the Go module's
+
+
+def test_prometheus_builds_kubernetes_discovery_only_and_no_ui():
+    comp = build.COMPONENTS["prometheus"]
+    assert comp.default and comp.binaries == ("prometheus",)  # part of `make tools`
+    assert comp.bin_dir == build.cache_root() / f"prometheus-{versions.PROMETHEUS}" / "bin"
+    tags, ldflags = build.prometheus_build_flags(comp)
+    # remove_all_sd drops every plugins/plugin_<name>.go; enable_<name>_sd brings one back.
+    assert tags == ("remove_all_sd", "enable_kubernetes_sd")
+    assert "builtinassets" not in tags  # the React UI is not compiled in
+    assert f"version.Version={build.prometheus_release(versions.PROMETHEUS)}" in ldflags

@@ -64,6 +64,8 @@ COMPONENTS = {
     "coredns": Component("coredns", versions.COREDNS, ("coredns",)),
     "pause": Component("pause", versions.PAUSE, ("pause",)),
     "kueue": Component("kueue", versions.KUEUE, ("kueue",)),
+    # Only the server (the API is enough; promtool stays Debian's), with Kubernetes discovery.
+    "prometheus": Component("prometheus", versions.PROMETHEUS, ("prometheus",)),
     "training-operator": Component("training-operator", versions.TRAINING_OPERATOR, ("training-operator.v1",), default=False),
 }
 
@@ -174,10 +176,10 @@ def build_etcd(comp: Component) -> None:
     )
 
 
-def _go_install(comp: Component, pkg: str, ldflags: str = "-s -w") -> None:
+def _go_install(comp: Component, pkg: str, ldflags: str = "-s -w", tags: tuple[str, ...] = ()) -> None:
     comp.bin_dir.mkdir(parents=True, exist_ok=True)
-    _go(["install", "-trimpath", "-ldflags", ldflags, f"{pkg}@{comp.version}"], cache_root(),
-        {"GOBIN": str(comp.bin_dir), "GOFLAGS": ""})
+    _go(["install", "-trimpath", *(["-tags", ",".join(tags)] if tags else []), "-ldflags", ldflags,
+         f"{pkg}@{comp.version}"], cache_root(), {"GOBIN": str(comp.bin_dir), "GOFLAGS": ""})
 
 
 def build_helm(comp: Component) -> None:
@@ -233,6 +235,35 @@ def kueue_manifests(comp: Component) -> tuple[Path, Path]:
     return crds, webhooks / Path(KUEUE_WEBHOOKS).name
 
 
+PROMETHEUS_MODULE = "github.com/prometheus/prometheus"
+# Prometheus' plugins/plugin_<name>.go files each register one service discovery unless
+# remove_all_sd is set, then only those enable_<name>_sd names. file and http (plugins/minimum.go)
+# and static_configs are always in. No builtinassets tag: the React UI stays out (it needs a
+# node/npm build the module does not ship); the HTTP API is all the tests use.
+PROMETHEUS_DISCOVERY = ("kubernetes",)
+
+
+def prometheus_release(module_version: str) -> str:
+    """Prometheus' own version for its module tag: v0.316.0 is Prometheus 3.16.0."""
+    zero, minor, patch = module_version.lstrip("v").split(".")
+    if zero != "0" or len(minor) < 3:
+        raise ValueError(f"{module_version} is not a Prometheus 3.x module tag (v0.3xx.y)")
+    return f"{minor[0]}.{int(minor[1:])}.{patch}"
+
+
+def prometheus_build_flags(comp: Component) -> tuple[tuple[str, ...], str]:
+    """Build tags and ldflags of ``build_prometheus`` (what ``prometheus --version`` reports)."""
+    tags = ("remove_all_sd", *(f"enable_{name}_sd" for name in PROMETHEUS_DISCOVERY))
+    ldflags = f"-s -w -X github.com/prometheus/common/version.Version={prometheus_release(comp.version)}"
+    return tags, ldflags
+
+
+def build_prometheus(comp: Component) -> None:
+    # No replace or exclude directives in its go.mod (v0.316.0), so a plain `go install` works.
+    tags, ldflags = prometheus_build_flags(comp)
+    _go_install(comp, f"{PROMETHEUS_MODULE}/cmd/prometheus", ldflags, tags)
+
+
 NODE_SOURCES = Path(__file__).parent / "node"
 
 # CoreDNS's plugins in the order of its plugin.cfg (the order they handle a query). No `forward`:
@@ -281,6 +312,7 @@ BUILDERS = {
     "helm": build_helm,
     "kubeconform": lambda c: _go_install(c, "github.com/yannh/kubeconform/cmd/kubeconform"),
     "kueue": build_kueue,
+    "prometheus": build_prometheus,
     "training-operator": build_training_operator,
 }
 

@@ -17,3 +17,6 @@ KUEUE = "v0.19.2"
 # Kubeflow's PyTorchJob operator, the baseline of the control-plane benchmark
 # (bench/control_plane.py). Not part of the cluster: built only when named.
 TRAINING_OPERATOR = "v1.9.3"
+# Prometheus 3.16.0 for the real-node scrape test: Debian's 2.42 has no Kubernetes discovery. The
+# module github.com/prometheus/prometheus tags Prometheus 3.xx.y as v0.3xx.y.
+PROMETHEUS = "v0.316.0"
