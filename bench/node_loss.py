@@ -278,7 +278,7 @@ def rows_of(s: dict, p: dict) -> list[list[str]]:
     return [
         ["node deleted → job status shows the loss (readyReplicas down)", f(d, "status_shows_loss_s"), f(b, "status_shows_loss_s"),
          f"the node watch wakes the job's reconcile after the {debounce:g} s debounce; no timeout. Before: PodGC "
-         "deletes a deleted node's pods after its 40 s quarantine (checked every 20 s), then the pod event"],
+         "deletes a deleted node's pods after its 40 s quarantine, checked every 20 s (40-60 s), then the pod event"],
         ["node deleted → replacement worker pod in the API", f(d, "replacement_created_s"), f(b, "replacement_created_s"),
          "the same reconcile: the lost pod is deleted (grace 0) and replaced in that round"],
         ["node deleted → replacement Running on another node", f(d, "replacement_running_s"), f(b, "replacement_running_s"),
