@@ -10,6 +10,7 @@ tokens/s, which the operator read back from Prometheus.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -109,9 +110,16 @@ def observed(cluster, tmp_path_factory) -> Iterator[dict]:
         yield {"prom": prom, "jobs": jobs, "ns": ns}
     finally:
         trainer.stop()
-        op.stop()
-        prom.stop()
+        # Deleted while the operator runs: it releases the pods' tracking finalizers, so no trial pod is left
+        # holding a GPU node for the modules after this one (the sweep had started its second trial).
+        with contextlib.suppress(client.ApiException):
+            client.CustomObjectsApi(cluster.api).delete_namespaced_custom_object("kubetrain.dev", "v1alpha1", ns, "trainingsweeps", SWEEP)
         jobs.delete(JOB)
+        try:
+            wait_for(lambda: not core.list_namespaced_pod(ns).items, timeout=120, what=f"no pod left in {ns}")
+        finally:
+            op.stop()
+            prom.stop()
 
 
 SWEEP = "observed-sweep"

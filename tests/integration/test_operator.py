@@ -135,8 +135,9 @@ def test_node_loss_keeps_training_above_min_and_grows_back(cluster, jobs):
                        "shrunk to 3 after node loss", 180)
         assert st["phase"] == "Running" and st["desiredReplicas"] == 3 and st["worldSize"] == 24
         assert st["lastScaling"]["toReplicas"] == 3
-        reasons = {e.reason for e in jobs.events("nodeloss")}
-        assert {"NodeLost", "Scaling"} <= reasons
+        # Events are posted after the status patch (now within a second of the node's deletion): wait for them.
+        wait_for(lambda: {"NodeLost", "Scaling"} <= {e.reason for e in jobs.events("nodeloss")}, timeout=30,
+                 what="NodeLost and Scaling events")
     finally:
         gpu_pool.add_nodes(cluster.api, 1)
     st = jobs.wait("nodeloss", lambda s: s.get("readyReplicas") == 4, "grown back to 4", 90)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import urllib.error
 import urllib.request
@@ -85,9 +86,18 @@ def test_a_job_s_event_reconciles_only_when_its_spec_labels_or_annotations_chang
     assert not state.changed({"metadata": {**body["metadata"], "generation": 2, "labels": {"a": "2"}}})
 
 
-def test_kopf_keeps_no_diff_base_on_the_jobs():
-    """No last-handled-configuration annotation: one patch per job less, and no copy of every spec."""
-    storage = handlers.NoDiffBase()
+def test_kopf_keeps_no_diff_base_on_the_jobs_but_keeps_the_sweeps_one():
+    """No last-handled-configuration annotation on a job: one patch per job less, and no copy of every spec.
+    A sweep keeps its own: without it, each change of a sweep would read as a new creation, in a loop."""
+    storage = handlers.JobsWithoutDiffBase(prefix="kubetrain.dev", key="last-handled-configuration")
+    job = {"apiVersion": "kubetrain.dev/v1alpha1", "kind": "TrainingJob", "metadata": {}, "spec": {"a": 1}}
     patch = kopf.Patch()
-    storage.store(body=kopf.Body({"metadata": {}, "spec": {"a": 1}}), patch=patch, essence={"spec": {"a": 1}})
-    assert dict(patch) == {} and storage.fetch(body=kopf.Body({"metadata": {"annotations": {}}})) is None
+    storage.store(body=kopf.Body(job), patch=patch, essence={"spec": {"a": 1}})
+    assert dict(patch) == {} and storage.fetch(body=kopf.Body(job | {"metadata": {"annotations": {}}})) is None
+    sweep = job | {"kind": "TrainingSweep"}
+    patch = kopf.Patch()
+    storage.store(body=kopf.Body(sweep), patch=patch, essence={"spec": {"a": 1}})
+    stored = patch["metadata"]["annotations"]["kubetrain.dev/last-handled-configuration"]
+    assert json.loads(stored) == {"spec": {"a": 1}}
+    read = storage.fetch(body=kopf.Body(sweep | {"metadata": {"annotations": {"kubetrain.dev/last-handled-configuration": stored}}}))
+    assert read == {"spec": {"a": 1}}

@@ -17,7 +17,7 @@ from typing import Any
 
 import kopf
 
-from kubetrain.api.models import GROUP, PLURAL, VERSION
+from kubetrain.api.models import GROUP, KIND, PLURAL, VERSION
 from kubetrain.operator import capacity, kueue, naming, planner, reconcile
 from kubetrain.operator import nodes as node_loss
 from kubetrain.operator.kube import Kube
@@ -31,14 +31,19 @@ from kubetrain.operator.settings import OperatorConfig, kueue_from_env, reconcil
 RECONCILE_INTERVAL = reconcile_interval_from_env()
 
 
-class NoDiffBase(kopf.DiffBaseStorage):
-    """No last-handled configuration on the jobs: the handlers take the job as it is (``job_event``)."""
+class JobsWithoutDiffBase(kopf.AnnotationsDiffBaseStorage):
+    """No last-handled configuration on the jobs: their handlers take the job as it is (``job_event``).
 
-    def fetch(self, *, body: kopf.Body) -> None:
-        return None
+    Sweeps keep theirs: their create/update handlers need it, or every change of a sweep (its own
+    status patches included) would read as a new creation and run the handler again, in a loop.
+    """
+
+    def fetch(self, *, body: kopf.Body) -> Any:
+        return None if body.get("kind") == KIND else super().fetch(body=body)
 
     def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: Any) -> None:
-        return None
+        if body.get("kind") != KIND:
+            super().store(body=body, patch=patch, essence=essence)
 
 
 class _QuietSuccess(logging.Filter):
@@ -56,7 +61,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.
     # Our API group for every annotation and finalizer Kopf writes.
     settings.persistence.finalizer = naming.FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = NoDiffBase()
+    settings.persistence.diffbase_storage = JobsWithoutDiffBase(prefix=GROUP, key="last-handled-configuration")
     settings.posting.level = logging.INFO
     logging.getLogger("kopf.objects").addFilter(_QuietSuccess())
     settings.watching.server_timeout = 300
