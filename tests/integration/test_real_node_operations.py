@@ -138,8 +138,11 @@ def test_prometheus_discovers_the_pods_and_answers_tokens_per_second(cluster, de
     checked = subprocess.run([shutil.which("promtool"), "check", "config", str(tmp_path / "prometheus.yml")],
                              capture_output=True, text=True)
     if "field kubernetes_sd_configs not found" in checked.stdout + checked.stderr:
-        # Debian's prometheus (2.42.0+ds) is built without Kubernetes service discovery.
-        pytest.skip("this Prometheus has no kubernetes_sd_configs (Debian's build leaves Kubernetes discovery out)")
+        # Debian's prometheus (2.42.0+ds) is built without Kubernetes service discovery. `make tools` builds
+        # Prometheus 3.16 with it (build.py, component "prometheus"); moving this test to that binary waits
+        # for a passing run on the real node.
+        pytest.skip("Debian's Prometheus has no kubernetes_sd_configs; the Prometheus 3.16 that `make tools` builds "
+                    "with Kubernetes discovery is not used here until this test has passed with it on the real node")
     assert checked.returncode == 0, checked.stdout + checked.stderr
     log = (tmp_path / "prometheus.log").open("w")
     proc = subprocess.Popen([shutil.which("prometheus"), f"--config.file={tmp_path / 'prometheus.yml'}",
