@@ -11,7 +11,7 @@ import urllib.request
 import kopf
 import pytest
 
-from kubetrain_dev.devcluster.processes import free_port
+from kubetrain.contract.ports import free_port
 from kubetrain.operator import handlers
 from kubetrain.operator.runtime import JobMemo, OperatorRuntime
 from kubetrain.operator.settings import OperatorConfig, reconcile_interval_from_env
