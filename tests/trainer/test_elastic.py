@@ -16,6 +16,7 @@ import signal
 import pytest
 
 from conftest import HERE, REPO, assert_epochs_exact, child_env, kept_history, read_sample_log, tiny_contract, torchrun_standalone, wait_until
+from kubetrain.contract.result import parse_result
 from kubetrain_trainer import checkpoint as ck
 from kubetrain_trainer.local import LocalJob, run_local
 
@@ -53,7 +54,12 @@ def test_losing_an_agent_survivor_resumes_at_smaller_world_and_finishes(tmp_path
         assert codes == {0: -signal.SIGKILL, 1: 0}, job.logs(1)[-4000:]
         survivor_log = job.logs(1)
         final = job.status()
+        messages = job.termination_messages()
     assert final["step"] == 600 and final["world_size"] == 1
+    # The completed agent's termination message carries the job's last figures (what the operator's status shows).
+    result = parse_result(messages.get(1))
+    assert result is not None and result.step == 600, messages
+    assert result.loss == pytest.approx(final["loss"], rel=1e-4) and result.tokens_per_second > 0
     resumed = re.findall(r"resumed from \S+ \(step (\d+), saved at world size 2, now 1\)", survivor_log)
     assert resumed and int(resumed[-1]) >= 20, survivor_log[-3000:]
     assert ck.latest_checkpoint(contract.checkpoint_dir)[1].step == 600

@@ -20,6 +20,7 @@ import torch.distributed as dist  # noqa: E402
 from torch.distributed.elastic.multiprocessing.errors import get_error_handler, record  # noqa: E402
 
 from kubetrain.contract import TERMINATION_MESSAGE_PATH, TrainerContract  # noqa: E402
+from kubetrain.contract.result import FinalFigures, format_result  # noqa: E402
 
 from kubetrain_trainer.config import detect_capabilities, validate  # noqa: E402
 from kubetrain_trainer.factory import build_trainer  # noqa: E402
@@ -58,8 +59,8 @@ def _contract() -> TrainerContract:
         raise ConfigError(str(exc)) from exc
 
 
-def run(env: DistEnv, stop: StopFlag, hooks: Sequence[StepHook] = ()) -> tuple[str, int, TrainerContract]:
-    """Everything between reading the contract and the end of training; returns (outcome, step, contract)."""
+def run(env: DistEnv, stop: StopFlag, hooks: Sequence[StepHook] = ()) -> tuple[str, FinalFigures, TrainerContract]:
+    """Everything between reading the contract and the end of training; returns (outcome, final figures, contract)."""
     contract = _contract()
     caps = detect_capabilities()
     for warning in validate(contract, caps):
@@ -84,7 +85,7 @@ def run(env: DistEnv, stop: StopFlag, hooks: Sequence[StepHook] = ()) -> tuple[s
             "done: step %d, loss %.4f -> %.4f, %.0f tokens/s (job)",
             result.step, result.first_loss, result.last_loss, result.tokens_per_second,
         )
-    return result.outcome, result.step, contract
+    return result.outcome, FinalFigures(result.step, result.last_loss, result.tokens_per_second), contract
 
 
 @record
@@ -96,7 +97,7 @@ def main(hooks: Sequence[StepHook] = ()) -> None:
     message_path = os.environ.get("KUBETRAIN_TERMINATION_MESSAGE_PATH", TERMINATION_MESSAGE_PATH)
     where = f"rank {env.rank}/{env.world_size}, local rank {env.local_rank}, pod {os.environ.get('KUBETRAIN_POD_NAME', '')}".strip(", ")
     try:
-        outcome, step, contract = run(env, stop, hooks)
+        outcome, final, contract = run(env, stop, hooks)
     except BaseException as exc:  # noqa: BLE001 - every failure is reported, then exits with its code
         if isinstance(exc, SystemExit):
             raise
@@ -113,16 +114,17 @@ def main(hooks: Sequence[StepHook] = ()) -> None:
     if outcome == "sigterm":
         write_termination_message(
             message_path,
-            format_message(PREEMPTED, f"stopped by signal at step {step}; checkpoint written", restart=env.restart_count, where=where),
+            format_message(PREEMPTED, f"stopped by signal at step {final.step}; checkpoint written", restart=env.restart_count, where=where),
             PREEMPTED,
             env.restart_count,
         )
         exit_process(0)
     if outcome == "peer_preempted":
-        log.warning("a peer was preempted; checkpoint written at step %d; exiting so the agent re-forms the group", step)
+        log.warning("a peer was preempted; checkpoint written at step %d; exiting so the agent re-forms the group", final.step)
         exit_process(EXIT_PEER_PREEMPTED)
     if env.local_rank == 0:
-        clear_termination_message(message_path)
+        # The pod's result, read by the operator when the pod ends (a metrics read may never see the last step).
+        clear_termination_message(message_path, format_result(final))
     exit_process(0)  # see process_exit: gloo threads may still hold Python callbacks
 
 

@@ -9,7 +9,8 @@ trainer image has no kopf. What crosses the boundary is defined here once:
 - ``torchrun``: the elastic launcher's argv and rendezvous timeouts;
 - ``store``: the rendezvous store's program (run as ``python -c`` in the store pod);
 - ``noise_scale``: how the exported gradient noise scale is measured;
-- ``ports``: the loopback port picker the local launcher and the dev tools share.
+- ``ports``: the loopback port picker the local launcher and the dev tools share;
+- ``result``: a completed worker's last figures, in its termination message.
 """
 
 from kubetrain.contract.env import (  # noqa: F401 - the contract's names, importable from the package

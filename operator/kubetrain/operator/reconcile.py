@@ -34,7 +34,7 @@ from kubetrain.operator import nodes as node_loss
 from kubetrain.operator.kube import Kube
 from kubetrain.operator.metrics import OperatorMetrics
 from kubetrain.operator.runtime import JobMemo, OperatorRuntime
-from kubetrain.operator.throughput import ThroughputReader
+from kubetrain.operator.throughput import ThroughputReader, final_figures
 
 # A transient API error is retried after RETRY_BACKOFF seconds, not Kopf's 60:
 # short enough to recover quickly, long enough never to loop hot.
@@ -357,7 +357,12 @@ def reflect_throughput(job: TrainingJob, raw: dict[str, Any], obs: planner.Obser
     ] if job.spec.metrics.enabled else []
     reader.register_pods(key, urls)
     figures = reader.get(key)
-    if figures is not None and result.status.get("phase") in ACTIVE_PHASES:
+    # A completed worker's own last figures beat any read of its /metrics (which may predate the last step).
+    final = final_figures([p.body.get("status") or {} for p in obs.pods if p.role == naming.ROLE_WORKER and p.phase == "Succeeded"])
+    if final is not None and (figures is None or figures.step is None or final.step >= (figures.step or 0)):
+        figures = final
+    phase = result.status.get("phase")
+    if figures is not None and (phase in ACTIVE_PHASES or (figures is final and phase == Phase.SUCCEEDED)):
         result.status["throughput"] = figures.status()
 
 

@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from prometheus_client.parser import text_string_to_metric_families
 
 from kubetrain.contract.metric_names import NAMESPACE, TRAININGJOB, TrainerMetric as M
+from kubetrain.contract.result import parse_result
 from kubetrain.observability import promql
 
 log = logging.getLogger("kubetrain.operator.throughput")
@@ -56,6 +57,30 @@ class Throughput:
         if self.gradient_noise_scale is not None and math.isfinite(self.gradient_noise_scale):
             out["gradientNoiseScale"] = round(max(self.gradient_noise_scale, 0.0), 3)
         return out
+
+
+def final_figures(statuses: list[dict]) -> Throughput | None:
+    """The figures completed workers left in their termination messages (``kubetrain.contract.result``):
+    ``statuses`` are pods' ``status`` objects. The latest step wins; None when no pod has any."""
+    best = None
+    for status in statuses:
+        for container in status.get("containerStatuses") or []:
+            done = (container.get("state") or {}).get("terminated") or {}
+            figures = parse_result(done.get("message")) if done.get("exitCode") == 0 else None
+            if figures is not None and (best is None or figures.step > best[0].step):
+                best = (figures, done.get("finishedAt"))
+    if best is None:
+        return None
+    figures, finished = best
+    observed = _parse_time(finished) or datetime.now(timezone.utc)
+    return Throughput(tokens_per_second=figures.tokens_per_second, step=figures.step, observed=observed, loss=figures.loss)
+
+
+def _parse_time(value: object) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")) if value else None
+    except ValueError:
+        return None
 
 
 class PrometheusSource:
