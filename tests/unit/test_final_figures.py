@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import time
+
 import pytest
 from test_reconcile import FakeKube, _body, _run, _runtime
 
@@ -9,7 +13,8 @@ from kubetrain.contract.result import FinalFigures, format_result, parse_result
 from kubetrain.operator import failures, naming, planner
 from kubetrain.operator.reconcile import Indexes
 from kubetrain.operator.runtime import JobMemo
-from kubetrain.operator.throughput import final_figures
+from kubetrain.operator.throughput import Throughput, ThroughputReader, final_figures
+from kubetrain.operator.wakes import Wakes
 
 
 def test_the_result_message_round_trips_and_reads_as_no_failure():
@@ -60,3 +65,46 @@ def test_a_job_that_finished_between_two_reads_ends_with_its_last_loss_in_status
     written = {k: v for patch in kube.status_patches for k, v in patch.items()}
     assert written["phase"] == "Succeeded"
     assert written["throughput"] == {"observedTime": "2026-11-30T10:00:00Z", "step": 60, "loss": 2.5, "tokensPerSecond": 900.0}
+
+
+class _Readings:
+    """A throughput source whose reads return what the test queued."""
+
+    def __init__(self, *reads: dict):
+        self.reads = list(reads)
+
+    def read(self) -> dict:
+        return self.reads.pop(0) if len(self.reads) > 1 else self.reads[0]
+
+
+def test_the_reader_tells_which_jobs_figures_changed_and_wakes_reach_them_from_its_thread():
+    """New figures wake only their jobs, from the reader's thread onto Kopf's loop: status follows the reads, not the timer."""
+    a, b = ("ns", "a"), ("ns", "b")
+    runs: list[tuple[str, str]] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        wakes = Wakes(delay=0.01)
+        for key in (a, b):
+            wakes.register(key, functools.partial(runs.append, key))
+        wakes.wake_from_thread({a})  # no pod event yet: no loop known, nothing to wake
+        assert wakes.wake(b, loop)  # a pod event of b
+        await _until(lambda: runs == [b])
+        source = _Readings({a: Throughput(step=1), b: Throughput(step=5)}, {a: Throughput(step=2), b: Throughput(step=5)})
+        reader = ThroughputReader(source, interval=0.02, on_change=wakes.wake_from_thread)
+        reader.start()
+        try:
+            await _until(lambda: runs.count(a) >= 2)  # the first read (a, b new) and the second (a moved on)
+            await asyncio.sleep(0.2)
+        finally:
+            reader.stop()
+        assert runs.count(b) == 2 and runs.count(a) == 2  # b's unchanged figures woke it no more
+
+    asyncio.run(main())
+
+
+async def _until(cond, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)

@@ -54,6 +54,7 @@ class OperatorRuntime:
             throughput = ThroughputReader(source, config.throughput_interval_seconds)
         self.throughput = throughput
         self.wakes = Wakes()
+        self.throughput.on_change = self.wakes.wake_from_thread  # new figures reach the status without waiting for the timer
         self.deleted_nodes = DeletedNodes()
         # Goodput-aware scheduling across jobs: fed by every reconcile, rounds in its own thread.
         self.allocator = GoodputAllocator(

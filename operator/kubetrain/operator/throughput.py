@@ -20,6 +20,7 @@ import math
 import threading
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -176,9 +177,13 @@ class PodScrapeSource:
 class ThroughputReader:
     """Refreshes a snapshot of every job's throughput in a background thread."""
 
-    def __init__(self, source: PrometheusSource | PodScrapeSource, interval: float):
+    def __init__(self, source: PrometheusSource | PodScrapeSource, interval: float,
+                 on_change: Callable[[set[JobKey]], None] | None = None):
         self.source = source
         self.interval = interval
+        # Called from the reader's thread with the jobs whose figures changed: their status should show them
+        # now, not at the job's next timer round (runtime.py wakes them).
+        self.on_change = on_change
         self._snapshot: dict[JobKey, Throughput] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="kubetrain-throughput", daemon=True)
@@ -206,7 +211,15 @@ class ThroughputReader:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                self._snapshot = self.source.read()
+                before, self._snapshot = self._snapshot, self.source.read()
+                changed = {key for key, tp in self._snapshot.items() if _figures(before.get(key)) != _figures(tp)}
+                if changed and self.on_change is not None:
+                    self.on_change(changed)
             except Exception as exc:  # noqa: BLE001 - a down Prometheus must not stop the operator
                 log.warning("reading throughput failed: %s", exc)
             self._stop.wait(self.interval)
+
+
+def _figures(tp: Throughput | None) -> tuple | None:
+    """What a status shows of a reading, without the time it was taken."""
+    return None if tp is None else (tp.tokens_per_second, tp.samples_per_second, tp.step, tp.loss, tp.gradient_noise_scale)

@@ -28,6 +28,7 @@ class Wakes:
         self._runs: dict[JobKey, Callable[[], None]] = {}
         self._pending: set[JobKey] = set()
         self._guard = threading.Lock()  # register/forget come from handler threads, wake from the loop
+        self._loop: asyncio.AbstractEventLoop | None = None  # Kopf's, from the first wake
 
     def register(self, key: JobKey, run: Callable[[], None]) -> None:
         with self._guard:
@@ -39,6 +40,7 @@ class Wakes:
 
     def wake(self, key: JobKey, loop: asyncio.AbstractEventLoop) -> bool:
         """Schedule the job's reconcile (call on ``loop``); False when one is pending already or none is registered."""
+        self._loop = loop
         with self._guard:
             if key in self._pending or key not in self._runs:
                 return False
@@ -46,6 +48,13 @@ class Wakes:
         # The reconcile posts Events through Kopf's context variables: run it in this context.
         loop.call_later(self.delay, self._fire, key, loop, contextvars.copy_context())
         return True
+
+    def wake_from_thread(self, keys: set[JobKey]) -> None:
+        """Wake these jobs from another thread (the throughput reader's, when their figures changed). Before any
+        pod event there is no loop to wake on, and no job with pods to read figures from."""
+        loop = self._loop
+        if loop is not None and keys and not loop.is_closed():
+            loop.call_soon_threadsafe(lambda: [self.wake(key, loop) for key in keys])
 
     def wake_later(self, key: JobKey, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
         """Wake the job ``seconds`` from now (when the pods on a NotReady node come to count as lost)."""
