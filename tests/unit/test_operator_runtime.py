@@ -12,7 +12,7 @@ import kopf
 import pytest
 
 from kubetrain.contract.ports import free_port
-from kubetrain.operator import handlers
+from kubetrain.operator import handlers, naming
 from kubetrain.operator.runtime import JobMemo, OperatorRuntime
 from kubetrain.operator.settings import OperatorConfig, reconcile_interval_from_env
 from kubetrain.operator.throughput import PodScrapeSource, PrometheusSource
@@ -101,3 +101,20 @@ def test_kopf_keeps_no_diff_base_on_the_jobs_but_keeps_the_sweeps_one():
     assert json.loads(stored) == {"spec": {"a": 1}}
     read = storage.fetch(body=kopf.Body(sweep | {"metadata": {"annotations": {"kubetrain.dev/last-handled-configuration": stored}}}))
     assert read == {"spec": {"a": 1}}
+
+def test_a_job_s_event_takes_a_thread_only_once_kopf_s_finalizer_is_on_and_something_changed():
+    """Checked in Kopf's loop (the handler's ``when``): a new job waits for the event of Kopf's finalizer patch
+    (our status write would make that patch fail with 422), our own status writes coming back take no thread."""
+    memo = kopf.Memo()
+    meta = {"generation": 1, "labels": {}, "annotations": {}}
+    new = {"metadata": meta}
+    assert not handlers._job_changed(type="ADDED", body=new, memo=memo)
+    assert JobMemo.of(memo).seen is None  # nothing noted: the finalizer's event reconciles
+    finalized = {"metadata": {**meta, "finalizers": [naming.FINALIZER]}}
+    assert handlers._job_changed(type="MODIFIED", body=finalized, memo=memo)
+    assert JobMemo.of(memo).changed(finalized)  # what the handler then does
+    assert not handlers._job_changed(type="MODIFIED", body=finalized | {"status": {"phase": "Running"}}, memo=memo)
+    assert not handlers._job_changed(type="DELETED", body={"metadata": {**meta, "generation": 2}}, memo=memo)
+    # Being deleted with the finalizer already gone: still the job's last say.
+    assert handlers._job_changed(type="MODIFIED", body={"metadata": {**meta, "deletionTimestamp": "2026-01-01T00:00:00Z"}},
+                                 memo=memo)

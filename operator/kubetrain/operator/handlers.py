@@ -93,14 +93,16 @@ def _gpu_resource(memo: kopf.Memo) -> str:
     return OperatorRuntime.of(memo).config.gpu_resource
 
 
+# The indexes are async: Kopf runs a sync function in its thread pool, where each pod event's index
+# updates queued behind reconciles waiting on the API (status then lagged the pods by seconds).
 @kopf.index("pods", labels={naming.LABEL_JOB: kopf.PRESENT})
-def job_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[tuple[str, str], planner.PodView]:
+async def job_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[tuple[str, str], planner.PodView]:
     # Read from Kopf's body without a deep copy of the whole pod: the view keeps copies of what it needs.
     return {(namespace, labels[naming.LABEL_JOB]): planner.PodView.from_body(body)}
 
 
 @kopf.index("nodes")
-def gpu_nodes(name: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict[str, capacity.NodeInfo]:
+async def gpu_nodes(name: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict[str, capacity.NodeInfo]:
     return {name: capacity.NodeInfo.from_body(plain(body), _gpu_resource(memo))}
 
 
@@ -109,7 +111,7 @@ def _holds_gpus(spec: kopf.Spec, status: kopf.Status, memo: kopf.Memo, **_: Any)
 
 
 @kopf.index("pods", when=_holds_gpus)
-def gpus_in_use(spec: kopf.Spec, memo: kopf.Memo, **_: Any) -> dict[str, int]:
+async def gpus_in_use(spec: kopf.Spec, memo: kopf.Memo, **_: Any) -> dict[str, int]:
     return {spec["nodeName"]: capacity.pod_gpus(spec, _gpu_resource(memo))}
 
 
@@ -121,13 +123,25 @@ def _awaits_gpus(spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, memo: ko
 
 
 @kopf.index("pods", when=_awaits_gpus)
-def gpus_pending(namespace: str, name: str, spec: kopf.Spec, memo: kopf.Memo, **_: Any) -> dict[tuple[str, str], int]:
+async def gpus_pending(namespace: str, name: str, spec: kopf.Spec, memo: kopf.Memo, **_: Any) -> dict[tuple[str, str], int]:
     return {(namespace, name): capacity.pod_gpus(spec, _gpu_resource(memo))}
+
+
+def _job_changed(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> bool:
+    """Whether a job's event calls for a reconcile; checked in Kopf's loop, before a thread is taken (most job
+    events are our own status writes coming back).
+
+    Not before Kopf's finalizer is on the job: Kopf adds it in this event's patch, tested against the job's
+    resourceVersion, which our first status write would change first (the patch then failed with 422 and was
+    sent again). The finalizer's own event, an instant later, reconciles the new job."""
+    meta = body["metadata"]
+    settled = naming.FINALIZER in (meta.get("finalizers") or []) or bool(meta.get("deletionTimestamp"))
+    return type != "DELETED" and settled and JobMemo.of(memo).differs(body)
 
 
 # Not on.create/update/resume: those need Kopf's diff-base, a copy of each job's spec written to the job
 # (one more patch per job, and memory) only to tell what changed, which a level-triggered reconcile ignores.
-@kopf.on.event(GROUP, VERSION, PLURAL)
+@kopf.on.event(GROUP, VERSION, PLURAL, when=_job_changed)
 def job_event(type: str | None, namespace: str, name: str, body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo,
               logger: logging.Logger, job_pods: kopf.Index, gpu_nodes: kopf.Index, gpus_in_use: kopf.Index,
               gpus_pending: kopf.Index, **_: Any) -> None:

@@ -119,11 +119,19 @@ class JobMemo:
     # The job's events, its timer and its wakes run in threads: one reconcile of a job at a time.
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
+    @staticmethod
+    def _seen(body: Any) -> tuple[Any, ...]:
+        meta = body["metadata"]
+        return (meta.get("generation"), dict(meta.get("labels") or {}), dict(meta.get("annotations") or {}),
+                bool(meta.get("deletionTimestamp")))
+
+    def differs(self, body: Any) -> bool:
+        """Whether the job's spec, labels or annotations changed since the event handler last saw them (noting nothing)."""
+        return self._seen(body) != self.seen
+
     def changed(self, body: Any) -> bool:
         """Whether the job's spec, labels or annotations changed since the event handler last saw them (and note them)."""
-        meta = body["metadata"]
-        seen = (meta.get("generation"), dict(meta.get("labels") or {}), dict(meta.get("annotations") or {}),
-                bool(meta.get("deletionTimestamp")))
+        seen = self._seen(body)
         if seen == self.seen:
             return False
         self.seen = seen
