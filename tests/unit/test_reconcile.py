@@ -252,3 +252,34 @@ def test_the_spec_is_parsed_once_per_generation():
     assert reconcile.parse(_body(generation=1), None, runtime, state, lambda *a, **k: None) is first
     changed = reconcile.parse(_body({"replicas": {"min": 1, "max": 3}}, generation=2), None, runtime, state, lambda *a, **k: None)
     assert changed is not first and changed.spec.replicas.max == 3
+
+
+class LookingKube(FakeKube):
+    """Counts the Service look-ups."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.looks = 0
+
+    def service_exists(self, namespace: str, name: str) -> bool:
+        self.looks += 1
+        return super().service_exists(namespace, name)
+
+
+def test_a_new_job_s_service_is_created_without_a_look_and_trusted_while_its_store_lives(monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr(reconcile.time, "monotonic", lambda: clock[0])
+    kube = LookingKube()
+    state = JobMemo()
+    store = planner.PodView(name="j-rdzv", role=naming.ROLE_STORE, slot=-1, attempt=0, phase="Running", ready=True, node="n",
+                            deleting=False, accounted=False, tracked=False, unschedulable=False, created=None)
+    # Never reconciled: no look (it was a 404 per job), the create answers for it.
+    assert not reconcile.service_exists(state, kube, "ns", "j", None, []) and kube.looks == 0
+    state.exists["service"] = clock[0]  # what creating it notes
+    clock[0] += reconcile.EXISTS_TTL + 1
+    # Past the TTL, while the job waits (Pending) with its store alive: trusted, no look.
+    assert reconcile.service_exists(state, kube, "ns", "j", "Pending", [store]) and kube.looks == 0
+    # The store must be created again: the Service is looked up first.
+    assert not reconcile.service_exists(state, kube, "ns", "j", "Restarting", []) and kube.looks == 1
+    # An operator restarted under a job that has a status: it looks, never assumes.
+    assert not reconcile.service_exists(JobMemo(), kube, "ns", "j", "Pending", []) and kube.looks == 2

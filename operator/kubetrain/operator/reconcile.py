@@ -200,7 +200,8 @@ def observe(job: TrainingJob, body: dict[str, Any], runtime: OperatorRuntime, id
     pods += [planner.just_created(pod, r.role, r.slot, r.attempt, now)
              for (r_ns, r_job, pod), r in runtime.reservations.unseen(idx.shows).items() if (r_ns, r_job) == (ns, name)]
     # A job that trains has its Service, claims and ConfigMaps: no reads while it runs.
-    settled = (body.get("status") or {}).get("phase") == Phase.RUNNING
+    phase = (body.get("status") or {}).get("phase")
+    settled = phase == Phase.RUNNING
     missing = tuple(
         (kind, obj, path) for kind, obj, path in builders.referenced_objects(job)
         if not cached_exists(state, f"{kind}/{obj}", lambda: kube.object_exists(kind, ns, obj), settled)
@@ -208,7 +209,7 @@ def observe(job: TrainingJob, body: dict[str, Any], runtime: OperatorRuntime, id
     return planner.Observed(
         pods=pods,
         now=now,
-        service_exists=cached_exists(state, "service", lambda: kube.service_exists(ns, naming.store_name(name)), settled),
+        service_exists=service_exists(state, runtime.kube, ns, name, phase, pods),
         fits_anywhere=capacity.fits_anywhere(job.spec, nodes) if nodes else job.spec.container.gpus_per_replica == 0,
         missing=missing,
         admitted=not _queued(body, job) or not job.spec.suspend,
@@ -232,6 +233,19 @@ def allocation_target(job: TrainingJob, key: tuple[str, str], pods: list[planner
         keep = max(job.spec.replicas.min, running)
         target = planner.Target(keep, "Kept", f"{keep} replicas until the allocator's first round")
     return target
+
+
+def service_exists(state: JobMemo, kube: Kube, ns: str, job: str, phase: str | None, pods: list[planner.PodView]) -> bool:
+    """Whether the job's store Service exists, looked up as rarely as that can be known.
+
+    A job never reconciled (no phase yet) has none that we know of: it is created without a look first
+    (a 409 says it was there). Once seen, it is trusted while the job trains or its store pod lives
+    (the Service is created before the store, and re-checked when the store must be created again)."""
+    if phase is None and "service" not in state.exists:
+        return False
+    store_lives = any(p.role == naming.ROLE_STORE and p.active for p in pods)
+    return cached_exists(state, "service", lambda: kube.service_exists(ns, naming.store_name(job)),
+                         phase == Phase.RUNNING or store_lives)
 
 
 def cached_exists(state: JobMemo, key: str, look: Callable[[], bool], settled: bool) -> bool:
