@@ -101,6 +101,10 @@ def test_kopf_keeps_no_diff_base_on_the_jobs_but_keeps_the_sweeps_one():
     assert json.loads(stored) == {"spec": {"a": 1}}
     read = storage.fetch(body=kopf.Body(sweep | {"metadata": {"annotations": {"kubetrain.dev/last-handled-configuration": stored}}}))
     assert read == {"spec": {"a": 1}}
+    # An essence (a deep copy) is built for the sweeps alone: not for jobs, pods or nodes, that no handler compares.
+    assert storage.build(body=kopf.Body(sweep)) == {"spec": {"a": 1}}
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": []}}
+    assert storage.build(body=kopf.Body(job)) is None and storage.build(body=kopf.Body(pod)) is None
 
 def test_a_job_s_event_takes_a_thread_only_once_kopf_s_finalizer_is_on_and_something_changed():
     """Checked in Kopf's loop (the handler's ``when``): a new job waits for the event of Kopf's finalizer patch

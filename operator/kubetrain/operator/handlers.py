@@ -18,6 +18,7 @@ from typing import Any
 import kopf
 
 from kubetrain.api.models import GROUP, KIND, PLURAL, VERSION
+from kubetrain.api.sweep import SWEEP_KIND
 from kubetrain.operator import capacity, kueue, naming, planner, reconcile
 from kubetrain.operator import nodes as node_loss
 from kubetrain.operator.kube import Kube
@@ -36,7 +37,13 @@ class JobsWithoutDiffBase(kopf.AnnotationsDiffBaseStorage):
 
     Sweeps keep theirs: their create/update handlers need it, or every change of a sweep (its own
     status patches included) would read as a new creation and run the handler again, in a loop.
+
+    Only a sweep's essence is built: Kopf builds one for every event of every kind it watches (a deep copy
+    of the object), pods and nodes included, which have no handler that compares it.
     """
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> Any:
+        return super().build(body=body, extra_fields=extra_fields) if body.get("kind") == SWEEP_KIND else None
 
     def fetch(self, *, body: kopf.Body) -> Any:
         return None if body.get("kind") == KIND else super().fetch(body=body)
