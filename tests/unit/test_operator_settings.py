@@ -16,3 +16,16 @@ def test_each_replica_draws_its_own_peering_priority():
     priorities = {OperatorConfig.from_env({}).peering_priority for _ in range(5)}
     assert len(priorities) > 1 and all(p > 0 for p in priorities)
     assert OperatorConfig.from_env({}).namespaces == [] and not OperatorConfig.from_env({}).standalone
+
+
+def test_the_timer_is_a_safety_net_and_the_chart_ships_the_operator_s_default():
+    """Events drive status; the timer's default is long (30 s), and the chart gives a deployed operator the same."""
+    from pathlib import Path
+
+    import yaml
+
+    from kubetrain.operator.settings import RECONCILE_INTERVAL_DEFAULT
+
+    values = yaml.safe_load((Path(__file__).parents[2] / "charts" / "kubetrain" / "values.yaml").read_text())
+    assert OperatorConfig.from_env({}).reconcile_interval_seconds == RECONCILE_INTERVAL_DEFAULT == 30.0
+    assert values["operator"]["reconcileIntervalSeconds"] == RECONCILE_INTERVAL_DEFAULT
