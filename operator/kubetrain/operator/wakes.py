@@ -28,7 +28,9 @@ class Wakes:
         self._runs: dict[JobKey, Callable[[], None]] = {}
         self._pending: set[JobKey] = set()
         self._guard = threading.Lock()  # register/forget come from handler threads, wake from the loop
-        self._loop: asyncio.AbstractEventLoop | None = None  # Kopf's, from the first wake
+        # Kopf's loop and a context of its (the one Events are posted through), from the latest pod event's wake.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._context: contextvars.Context | None = None
 
     def register(self, key: JobKey, run: Callable[[], None]) -> None:
         with self._guard:
@@ -40,7 +42,7 @@ class Wakes:
 
     def wake(self, key: JobKey, loop: asyncio.AbstractEventLoop) -> bool:
         """Schedule the job's reconcile (call on ``loop``); False when one is pending already or none is registered."""
-        self._loop = loop
+        self._loop, self._context = loop, contextvars.copy_context()
         with self._guard:
             if key in self._pending or key not in self._runs:
                 return False
@@ -52,9 +54,14 @@ class Wakes:
     def wake_from_thread(self, keys: set[JobKey]) -> None:
         """Wake these jobs from another thread (the throughput reader's, when their figures changed). Before any
         pod event there is no loop to wake on, and no job with pods to read figures from."""
-        loop = self._loop
-        if loop is not None and keys and not loop.is_closed():
-            loop.call_soon_threadsafe(lambda: [self.wake(key, loop) for key in keys])
+        loop, context = self._loop, self._context
+        if loop is not None and context is not None and keys and not loop.is_closed():
+            # In Kopf's context, not the reader thread's: a reconcile without it would post its Events nowhere.
+            loop.call_soon_threadsafe(self._wake_all, keys, loop, context=context)
+
+    def _wake_all(self, keys: set[JobKey], loop: asyncio.AbstractEventLoop) -> None:
+        for key in keys:
+            self.wake(key, loop)
 
     def wake_later(self, key: JobKey, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
         """Wake the job ``seconds`` from now (when the pods on a NotReady node come to count as lost)."""
