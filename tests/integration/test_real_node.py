@@ -88,6 +88,16 @@ def test_pod_reaches_a_service_by_dns_name(cluster, node, namespace):
     assert done.spec.node_name == real_node.NODE_NAME
 
 
+# Every install of the chart in these tests: the operator reads the trainers' metrics every 2 s, so a test can
+# act mid-training on what status shows (its default, 15 s, can fall between a short job's start and end).
+TEST_VALUES = ("operator.throughputIntervalSeconds=2",)
+
+
+def install(namespace: str, *values: str) -> list[str]:
+    """``helm upgrade --install`` of the chart as these tests run it, plus ``values``."""
+    return images.helm_install_argv("kubetrain", namespace, [*TEST_VALUES, *values])
+
+
 @pytest.fixture(scope="module")
 def deployed(cluster, node):
     """The chart installed with the trainer and operator images built from this repository.
@@ -101,9 +111,9 @@ def deployed(cluster, node):
     node.import_images(archives)
     print(f"images ready and imported in {time.monotonic() - started:.1f}s")
     release, namespace = "kubetrain", "kubetrain-system"
-    subprocess.run(images.helm_install_argv(release, namespace), check=True, timeout=600)
+    subprocess.run(install(namespace), check=True, timeout=600)
     yield namespace
-    subprocess.run([images.helm_install_argv(release, namespace)[0], "uninstall", release, "--namespace", namespace,
+    subprocess.run([install(namespace)[0], "uninstall", release, "--namespace", namespace,
                     "--wait"], check=False, timeout=300)
 
 
@@ -205,7 +215,8 @@ def past_first_checkpoint(status) -> bool:
     return status.get("throughput", {}).get("step", 0) >= 24
 
 
-FAULT_JOB = {"replicas": {"min": 1, "max": 2}, "trainer": {"maxSteps": 60},
+# Long enough that a read of step >= 24 comes well before the end (a quiet node trains ~7 steps a second).
+FAULT_JOB = {"replicas": {"min": 1, "max": 2}, "trainer": {"maxSteps": 120},
              "checkpoint": {"persistentVolumeClaim": {"claimName": "ckpt"}, "intervalSteps": 20}}
 
 

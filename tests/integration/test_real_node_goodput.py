@@ -21,8 +21,8 @@ import pytest
 from kubernetes import client
 
 from kubetrain.operator import naming
-from kubetrain_dev.devcluster import gpu_pool, images, real_node
-from test_real_node import deployed, past_first_checkpoint, run_job, shared_checkpoints  # noqa: F401 (fixtures)
+from kubetrain_dev.devcluster import gpu_pool, real_node
+from test_real_node import deployed, install, past_first_checkpoint, run_job, shared_checkpoints  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.real_node
 STEP_LOSS = re.compile(r"step (\d+)/\d+ loss ([0-9.]+)")
@@ -38,9 +38,9 @@ def goodput_chart(cluster, deployed):  # noqa: F811
     which 1 -> 2 replicas is predicted to give (at 25 s it would have to repay within 50 s: x2, not quite).
     """
     values = [f"scheduling.goodput.intervalSeconds={INTERVAL}", "scheduling.goodput.restartSeconds=1"]
-    subprocess.run(images.helm_install_argv("kubetrain", deployed, values), check=True, timeout=600)
+    subprocess.run(install(deployed, *values), check=True, timeout=600)
     yield deployed
-    subprocess.run(images.helm_install_argv("kubetrain", deployed), check=True, timeout=600)
+    subprocess.run(install(deployed), check=True, timeout=600)
 
 
 def _advertise(core: client.CoreV1Api, gpus: int | None) -> None:
