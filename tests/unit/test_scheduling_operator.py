@@ -46,6 +46,11 @@ def test_the_chart_env_reaches_the_operator_config():
     assert (cfg.goodput_default, cfg.goodput_interval_seconds, cfg.goodput_min_dwell_seconds, cfg.goodput_restart_seconds) == (True, 2, 5, 1)
     plain = OperatorConfig.from_env({})
     assert (plain.goodput_default, plain.goodput_interval_seconds, plain.goodput_min_dwell_seconds) == (False, 60, 180)
+    # The minimum gain: unset (the chart's null renders "") is one interval; 0 turns it off.
+    assert (plain.goodput_payback_seconds, plain.goodput_payback_restarts) == (None, 2)
+    tuned = OperatorConfig.from_env({"KUBETRAIN_GOODPUT_PAYBACK_SECONDS": "0", "KUBETRAIN_GOODPUT_PAYBACK_RESTARTS": "3"})
+    assert (tuned.goodput_payback_seconds, tuned.goodput_payback_restarts) == (0, 3)
+    assert OperatorConfig.from_env({"KUBETRAIN_GOODPUT_PAYBACK_SECONDS": ""}).goodput_payback_seconds is None
 
 
 # --- the observation feed ---

@@ -58,7 +58,8 @@ class OperatorRuntime:
         self.deleted_nodes = DeletedNodes()
         # Goodput-aware scheduling across jobs: fed by every reconcile, rounds in its own thread.
         self.allocator = GoodputAllocator(
-            AllocatorConfig(interval_seconds=config.goodput_interval_seconds, min_dwell_seconds=config.goodput_min_dwell_seconds),
+            AllocatorConfig(interval_seconds=config.goodput_interval_seconds, min_dwell_seconds=config.goodput_min_dwell_seconds,
+                            payback_seconds=config.goodput_payback_seconds, payback_restarts=config.goodput_payback_restarts),
             self.metrics, default=config.goodput_default, restart_seconds=config.goodput_restart_seconds)
         self._metrics_server: WSGIServer | None = None
 

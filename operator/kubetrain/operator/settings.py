@@ -53,6 +53,10 @@ class OperatorConfig:
     goodput_interval_seconds: float = 60.0
     goodput_min_dwell_seconds: float = 180.0
     goodput_restart_seconds: float = 25.0
+    # The minimum gain (scheduling/allocator.py, pays_back): a grow must repay its restart within
+    # max(payback seconds, payback restarts x the restart cost); None = one interval, 0 = no threshold.
+    goodput_payback_seconds: float | None = None
+    goodput_payback_restarts: float = 2.0
     # A Kueue runs in the cluster (Helm value kueue.enabled): a queued job gets a Workload and runs
     # only while Kueue admits it (docs/kueue.md). Off: it waits suspended until spec.suspend turns false.
     kueue: bool = False
@@ -75,5 +79,7 @@ class OperatorConfig:
             goodput_interval_seconds=float(env.get("KUBETRAIN_GOODPUT_INTERVAL", "60")),
             goodput_min_dwell_seconds=float(env.get("KUBETRAIN_GOODPUT_MIN_DWELL", "180")),
             goodput_restart_seconds=float(env.get("KUBETRAIN_GOODPUT_RESTART_SECONDS", "25")),
+            goodput_payback_seconds=float(env["KUBETRAIN_GOODPUT_PAYBACK_SECONDS"]) if env.get("KUBETRAIN_GOODPUT_PAYBACK_SECONDS") else None,
+            goodput_payback_restarts=float(env.get("KUBETRAIN_GOODPUT_PAYBACK_RESTARTS") or 2),
             kueue=kueue_from_env(env),
         )
