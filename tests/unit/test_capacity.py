@@ -32,6 +32,28 @@ def test_pods_not_bound_yet_take_their_gpus_first():
     assert placeable_replicas(_spec(), NODES, {"n0": 8, "n1": 8, "n2": 8, "n3": 8}, pending=[8]) == 0
 
 
+def _first_fit_by_rescanning(nodes, used, pending, per):
+    """The plain first fit (each pending pod scans from the first node): what placeable_replicas must equal."""
+    free = {n.name: max(n.allocatable_gpus - used.get(n.name, 0), 0) for n in sorted(nodes, key=lambda n: n.name)}
+    for gpus in pending:
+        node = next((name for name, left in free.items() if left >= gpus), None)
+        if node is not None:
+            free[node] -= gpus
+    return sum(left // per for left in free.values())
+
+
+def test_first_fit_without_rescanning_places_exactly_as_a_full_scan():
+    import random
+
+    rng = random.Random(7)
+    for _ in range(300):
+        nodes = [NodeInfo(name=f"n{i:02d}", allocatable_gpus=rng.choice([0, 4, 8])) for i in range(rng.randint(1, 12))]
+        used = {n.name: rng.randint(0, 8) for n in nodes if rng.random() < 0.5}
+        pending = [rng.choice([1, 2, 3, 4, 8]) for _ in range(rng.randint(0, 30))]
+        per = rng.choice([1, 2, 4, 8])
+        assert placeable_replicas(_spec(gpus=per), nodes, used, pending) == _first_fit_by_rescanning(nodes, used, pending, per)
+
+
 def test_not_ready_cordoned_and_tainted_nodes_do_not_count():
     nodes = [NodeInfo("a", allocatable_gpus=8, ready=False), NodeInfo("b", allocatable_gpus=8, unschedulable=True),
              NodeInfo("c", allocatable_gpus=8, taints=({"key": "gpu", "effect": "NoSchedule"},)), NodeInfo("d", allocatable_gpus=8)]

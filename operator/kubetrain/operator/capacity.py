@@ -60,12 +60,15 @@ def _tolerates(taint: dict[str, Any], tolerations: list[dict[str, Any]]) -> bool
     return False
 
 
-def eligible(node: NodeInfo, spec: TrainingJobSpec) -> bool:
+def eligibility(spec: TrainingJobSpec) -> Callable[[NodeInfo], bool]:
+    """Whether a node's labels and taints admit the job's pods: the spec's part read once, for many nodes."""
     selector = spec.scheduling.node_selector or {}
-    if any(node.labels.get(k) != v for k, v in selector.items()):
-        return False
     tolerations = [t.to_k8s() for t in spec.scheduling.tolerations or []]
-    return all(_tolerates(t, tolerations) for t in node.taints)
+
+    def admits(node: NodeInfo) -> bool:
+        return all(node.labels.get(k) == v for k, v in selector.items()) and all(_tolerates(t, tolerations) for t in node.taints)
+
+    return admits
 
 
 def placeable_replicas(spec: TrainingJobSpec, nodes: list[NodeInfo], gpus_used: dict[str, int],
@@ -82,18 +85,27 @@ def placeable_replicas(spec: TrainingJobSpec, nodes: list[NodeInfo], gpus_used: 
     if per == 0:
         return None
     usable = sorted((n for n in nodes if n.ready and not n.unschedulable), key=lambda n: n.name)
-    free = {n.name: max(n.allocatable_gpus - gpus_used.get(n.name, 0), 0) for n in usable}
+    free = [max(n.allocatable_gpus - gpus_used.get(n.name, 0), 0) for n in usable]
+    # First fit without rescanning: free GPUs only go down, so a node too full for a request of this size
+    # stays too full, and the next one of the same size starts where the last one was placed. (A scan from
+    # the first node per pending pod was 15 ms a reconcile at 1,000 jobs, under the reservation lock.)
+    first: dict[int, int] = {}
     for gpus in pending:
-        node = next((name for name, left in free.items() if left >= gpus), None)
-        if node is not None:
-            free[node] -= gpus
-    return sum(free[n.name] // per for n in usable if eligible(n, spec))
+        i = first.get(gpus, 0)
+        while i < len(free) and free[i] < gpus:
+            i += 1
+        first[gpus] = i
+        if i < len(free):
+            free[i] -= gpus
+    admits = eligibility(spec)
+    return sum(left // per for n, left in zip(usable, free) if admits(n))
 
 
 def fits_anywhere(spec: TrainingJobSpec, nodes: list[NodeInfo]) -> bool:
     """Could one replica ever fit on some node, were it empty?"""
     per = spec.container.gpus_per_replica
-    return per == 0 or any(eligible(n, spec) and n.allocatable_gpus >= per for n in nodes)
+    admits = eligibility(spec)
+    return per == 0 or any(n.allocatable_gpus >= per and admits(n) for n in nodes)
 
 
 def pod_gpus(pod_spec: Mapping[str, Any], gpu_resource: str = "nvidia.com/gpu") -> int:
