@@ -46,11 +46,10 @@ crds generate: $(STAMP) ## Regenerate the CRD (crds/, chart), docs/api-reference
 	$(PY) -m kubetrain.cli generate
 
 .PHONY: test
-test: tools ## Run every test: unit, trainer (real torchrun on CPU), integration (real control plane); KUBETRAIN_REAL_NODE=auto adds the real node's tests
-	# The real-node tests are off by default again: five of them failed in the last clean-clone run
-	# (docs/control-plane.md, Tests). KUBETRAIN_REAL_NODE=auto runs them as root with `make tools`'
-	# packages (building the images they need); =1 makes a missing prerequisite a failure.
-	KUBETRAIN_REAL_NODE=$${KUBETRAIN_REAL_NODE:-0} $(PY) -m pytest $(PYTEST_ARGS)
+test: tools ## Run every test: unit, trainer (real torchrun on CPU), integration (real control plane, real pods on a local kubelet where the machine can)
+	# KUBETRAIN_REAL_NODE=auto: the real-node tests run as root with `make tools`' packages (building the
+	# images they need) and skip loudly elsewhere; =1 makes a missing prerequisite a failure, =0 opts out.
+	KUBETRAIN_REAL_NODE=$${KUBETRAIN_REAL_NODE:-auto} $(PY) -m pytest $(PYTEST_ARGS)
 
 .PHONY: test-unit
 test-unit: $(STAMP) ## Run only the fast unit tests

@@ -15,7 +15,7 @@ import pytest
 from kubernetes import client
 
 from kubetrain_dev.devcluster import images, real_node
-from kubetrain_dev.wait import wait_for
+from kubetrain_dev.wait import Unrecoverable, wait_for
 
 pytestmark = pytest.mark.real_node
 LOSS = re.compile(r"step \d+/\d+ loss ([0-9.]+)")
@@ -184,7 +184,10 @@ def run_job(cluster, namespace, name: str, spec: dict, during=None, timeout: flo
         if not seen["worlds"] or seen["worlds"][-1] != status.get("worldSize"):
             seen["worlds"].append(status.get("worldSize"))
         if during is not None:
-            during(status, pods)
+            try:
+                during(status, pods)
+            except Exception as exc:  # the wait treats an exception as "not yet": a broken check must fail the test
+                raise Unrecoverable(f"during({name}): {exc!r}") from exc
         return status if status.get("phase") in ("Succeeded", "Failed") else None
 
     started = time.monotonic()

@@ -161,11 +161,18 @@ def test_prometheus_discovers_the_pods_and_answers_tokens_per_second(cluster, de
 
     def during(status, pods):
         if status.get("phase") == "Running":
-            result = get("/api/v1/query", query=promql.tokens_per_second(f'namespace="{namespace}", trainingjob="scraped"'))
+            result = get("/api/v1/query", query=promql.tokens_per_second(f'namespace="{namespace}", trainingjob="scraped"'))["result"]
             answers.extend((r["metric"].get("trainingjob", ""), float(r["value"][1])) for r in result)
-            targets.update(t["discoveredLabels"].get("__meta_kubernetes_pod_name", "")
-                           for t in get("/api/v1/targets", state="active")["activeTargets"]
-                           if t["health"] == "up" and t["discoveredLabels"].get("__meta_kubernetes_namespace") == namespace)
+            found = get("/api/v1/targets", state="any")
+            active = found["activeTargets"]
+            seen_targets[:] = [{k: t.get(k) for k in ("labels", "health", "lastError", "scrapeUrl")} for t in active] + [
+                {"dropped": found.get("droppedTargetCounts")}, *found.get("droppedTargets", [])[:3]]
+            # Which pod a target is: by its address (the documented job keeps no pod label on targets).
+            by_ip = {p.status.pod_ip: p.metadata.name for p in pods if p.status.pod_ip}
+            targets.update(by_ip[host] for t in active
+                           if t["health"] == "up" and (host := urllib.parse.urlparse(t["scrapeUrl"]).hostname) in by_ip)
+
+    seen_targets: list[dict] = []  # every active target's labels and health, for the failure message
 
     try:
         wait_for(ready, timeout=60, what="Prometheus ready")
@@ -177,7 +184,7 @@ def test_prometheus_discovers_the_pods_and_answers_tokens_per_second(cluster, de
         log.close()
     print(f"Prometheus scraped {sorted(targets)}; tokens/s answers {answers[-3:]}")
     assert status["phase"] == "Succeeded", status
-    assert {"scraped-w0-0", "scraped-w1-0"} <= targets, targets
+    assert {"scraped-w0-0", "scraped-w1-0"} <= targets, (targets, seen_targets, (tmp_path / "prometheus.log").read_text()[-1000:])
     assert any(label == "scraped" and value > 0 for label, value in answers), answers
 
 
