@@ -855,7 +855,7 @@ def _load(runs: list[dict]) -> str:
     return f"{min(loads):.1f}–{max(loads):.1f}" if loads else "?"
 
 
-def what_holds(metric: str, jobs: int, by: dict[str, dict], runs: list[dict], p: dict) -> str:
+def what_holds(metric: str, jobs: int, by: dict[str, dict], runs: list[dict], p: dict, index: dict | None = None) -> str:
     """Why a goal is missed, in the figures of this run (nothing here is a constant claim)."""
     a = by.get(f"{KUBETRAIN}/{jobs}")
     rs = _runs_of(runs, KUBETRAIN, jobs)
@@ -880,10 +880,11 @@ def what_holds(metric: str, jobs: int, by: dict[str, dict], runs: list[dict], p:
         idle, peak = _median(rs, "operator_idle_rss_bytes"), _median(rs, "operator_peak_rss_bytes")
         if not idle or not peak:
             return ""
+        of_index = (f", of which the pod index {fmt(p['pods_per_job'] * index['view_bytes'] / 1024, ' kB')} (below); the rest, "
+                    "Kopf's and the operator's per-object state, is not broken down by this run") if index else ""
         return (f"{fmt(idle / 2**20, ' MiB')} before the first job (interpreter, Kopf, Kubernetes client; "
                 f"MALLOC_ARENA_MAX={p.get('operator_env', {}).get('MALLOC_ARENA_MAX', '?')} as the chart sets), then "
-                f"{fmt((peak - idle) / jobs / 1024, ' kB')} per job at the peak (Kopf's state of the job and its "
-                f"{p['pods_per_job']} pods, the job's memo, the indexes){never}")
+                f"{fmt((peak - idle) / jobs / 1024, ' kB')} per job at the peak{of_index}{never}")
     if metric == "cpu_ms_per_job":
         req = _median(rs, "operator_requests_per_job")
         timer = p.get("kubetrain_reconcile_interval_seconds")
@@ -893,7 +894,7 @@ def what_holds(metric: str, jobs: int, by: dict[str, dict], runs: list[dict], p:
     return ""
 
 
-def goals(by: dict[str, dict], runs: list[dict], p: dict) -> list[str]:
+def goals(by: dict[str, dict], runs: list[dict], p: dict, index: dict | None = None) -> list[str]:
     """The goals table: kubetrain's figure (median over repetitions) against each goal, met or missed by how much,
     and for a missed one what holds it, from the same runs."""
     rows = []
@@ -908,7 +909,7 @@ def goals(by: dict[str, dict], runs: list[dict], p: dict) -> list[str]:
         else:
             verdict = f"missed by {fmt(value - limit, unit)} ({fmt(value / limit, 'x')})"
         rows.append([title, jobs, f"≤ {fmt(limit, unit)}", fmt(value, unit), fmt(other["median"] if other else None, unit),
-                     verdict, what_holds(metric, jobs, by, runs, p) if value is not None and value > limit else ""])
+                     verdict, what_holds(metric, jobs, by, runs, p, index) if value is not None and value > limit else ""])
     return ["### Goals", "", md_table(["goal", "jobs", "limit", "kubetrain", "PyTorchJob", "", "what holds it"], rows)]
 
 
@@ -932,7 +933,7 @@ def markdown(by: dict[str, dict], runs: list[dict], p: dict, kinds: list[str], i
             fmt_spread(a["steady_requests_per_job_per_minute"], "", 2), fmt_spread(a["cluster_requests_per_job"], "", 3),
         ])
     reps = ", ".join(f"{n} jobs: {r}" for n, r in p["reps"].items())
-    text = [*goals(by, runs, p), "",
+    text = [*goals(by, runs, p, index), "",
         "Each row: N jobs created at once (8 client threads) on a fresh control plane with one operator; "
         f"repetitions per size ({reps}) alternate which operator runs first. Cells: median (min – max) over "
         "repetitions; p50/p99 are over the N jobs of a run.",
