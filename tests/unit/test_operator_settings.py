@@ -11,6 +11,21 @@ def test_chart_environment_is_read():
     assert cfg.standalone and cfg.reconcile_interval_seconds == 1.0 and cfg.peering_priority == 7
 
 
+def test_a_sweep_ticks_every_5_s_or_at_the_job_timer_if_shorter_and_the_chart_ships_5():
+    """No event wakes a sweep, so its timer is shorter than a job's safety net (30 s)."""
+    from pathlib import Path
+
+    import yaml
+
+    from kubetrain.operator.settings import sweep_interval_from_env
+
+    assert sweep_interval_from_env({}) == 5.0
+    assert sweep_interval_from_env({"KUBETRAIN_RECONCILE_INTERVAL": "1"}) == 1.0  # tests that speed jobs up speed sweeps too
+    assert sweep_interval_from_env({"KUBETRAIN_RECONCILE_INTERVAL": "1", "KUBETRAIN_SWEEP_INTERVAL": "2"}) == 2.0
+    values = yaml.safe_load((Path(__file__).parents[2] / "charts" / "kubetrain" / "values.yaml").read_text())
+    assert values["operator"]["sweepIntervalSeconds"] == 5
+
+
 def test_each_replica_draws_its_own_peering_priority():
     # Kopf pauses every peer when two share a priority: replicas must not.
     priorities = {OperatorConfig.from_env({}).peering_priority for _ in range(5)}

@@ -12,11 +12,22 @@ from kubetrain.operator.builders import BuildConfig
 # The timer is the level-triggered safety net: the job's own events, its pods' and its nodes' drive status.
 # At 5 s it reconciled every job six times as often, for as long as a burst of submissions lasted.
 RECONCILE_INTERVAL_DEFAULT = 30.0
+# A sweep has no event that wakes it when a trial ends or reports (its timer is all it has): it ticks
+# more often than a job, and there are few sweeps.
+SWEEP_INTERVAL_DEFAULT = 5.0
 
 
 def reconcile_interval_from_env(env: dict[str, str] | None = None) -> float:
     """Seconds between a job's timer reconciles (KUBETRAIN_RECONCILE_INTERVAL, default 30)."""
     return float((os.environ if env is None else env).get("KUBETRAIN_RECONCILE_INTERVAL", RECONCILE_INTERVAL_DEFAULT))
+
+
+def sweep_interval_from_env(env: dict[str, str] | None = None) -> float:
+    """Seconds between a sweep's rounds (KUBETRAIN_SWEEP_INTERVAL; default 5, or the job timer's if shorter)."""
+    env = os.environ if env is None else env
+    if env.get("KUBETRAIN_SWEEP_INTERVAL"):
+        return float(env["KUBETRAIN_SWEEP_INTERVAL"])
+    return min(SWEEP_INTERVAL_DEFAULT, reconcile_interval_from_env(env))
 
 
 def kueue_from_env(env: dict[str, str] | None = None) -> bool:

@@ -24,12 +24,12 @@ from kubetrain.api.sweep import SWEEP_PLURAL, TrainingSweep
 from kubetrain.operator import naming
 from kubetrain.operator.reconcile import RETRY_BACKOFF, plain
 from kubetrain.operator.runtime import OperatorRuntime
-from kubetrain.operator.settings import reconcile_interval_from_env
+from kubetrain.operator.settings import sweep_interval_from_env
 from kubetrain.tuning.plan import SweepMemory, SweepPlan, plan_sweep
 
 SWEEP_KEY = "sweep"
 # Kopf needs a timer's interval at import (see handlers.RECONCILE_INTERVAL).
-RECONCILE_INTERVAL = reconcile_interval_from_env()
+SWEEP_INTERVAL = sweep_interval_from_env()
 
 
 @dataclass
@@ -146,7 +146,7 @@ def on_sweep_delete(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> Non
     OperatorRuntime.of(memo).sweep_metrics.forget(namespace, name)
 
 
-@kopf.timer(GROUP, VERSION, SWEEP_PLURAL, interval=RECONCILE_INTERVAL, initial_delay=1.0, backoff=RETRY_BACKOFF)
+@kopf.timer(GROUP, VERSION, SWEEP_PLURAL, interval=SWEEP_INTERVAL, initial_delay=1.0, backoff=RETRY_BACKOFF)
 def sweep_timer(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: logging.Logger,
                 sweep_trials: kopf.Index, **_: Any) -> None:
     reconcile_sweep(body, patch, memo, logger, sweep_trials)
