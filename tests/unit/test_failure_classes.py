@@ -169,3 +169,12 @@ def test_a_pods_view_changes_with_any_change_of_the_pod():
     later["metadata"]["resourceVersion"] = "107"
     assert PodView.from_body(first) != PodView.from_body(later)
     assert PodView.from_body(later) == PodView.from_body(later)
+
+
+def test_the_image_pull_grace_asks_for_a_reconcile_when_it_runs_out():
+    """A pod stuck in ImagePullBackOff may send no event for minutes: the round says when the 60 s grace ends."""
+    failing = [_pod(role=naming.ROLE_STORE), _pod(0, phase="Pending", ready=False, state=_waiting("ErrImagePull"))]
+    first = _pulling_job_round(failing, {}, NOW)
+    assert first.recheck_after == 60
+    later = _pulling_job_round(failing, first.status, NOW + timedelta(seconds=45))
+    assert later.status["phase"] != "Failed" and later.recheck_after == 15

@@ -362,3 +362,23 @@ def test_the_pod_index_keeps_what_the_planner_reads_not_the_whole_pod():
     # Copies: the index holds nothing of Kopf's body.
     body["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] = 99
     assert view.body["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 3
+
+
+def test_rules_on_elapsed_time_ask_for_a_reconcile_when_they_are_due():
+    """No event comes when a deadline, TTL or grace runs out, and the timer is a 30 s safety net: the plan says when."""
+    running = {"phase": "Running", "startTime": (NOW - timedelta(seconds=40)).isoformat()}
+    assert plan(_job(activeDeadlineSeconds=100), _body(running), _obs([_store(), _pod(0), _pod(1)])).recheck_after == 60
+    assert plan(_job(), _body(running), _obs([_store(), _pod(0), _pod(1)])).recheck_after is None  # nothing pending
+    done = {"phase": "Succeeded", "completionTime": (NOW - timedelta(seconds=10)).isoformat()}
+    assert plan(_job(ttlSecondsAfterFinished=30), _body(done), _obs([])).recheck_after == 20
+    # The gang hold: released just past 60-120 s (spread by uid) after Schedulable went False, here 10 s ago.
+    held = {"desiredReplicas": 0, "conditions": [{"type": "Schedulable", "status": "False", "reason": "InsufficientCapacity",
+                                                  "lastTransitionTime": (NOW - timedelta(seconds=10)).isoformat()}]}
+    pending = _pod(1, phase="Pending", ready=False, node=None,
+                   conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}])
+    kept = plan(_job(), _body(held), _obs([_store(), _pod(0), pending], placeable=0))
+    assert not kept.delete and 50 < kept.recheck_after <= 110.5
+    # The earliest rule wins: a deadline due sooner than the gang release.
+    soon = plan(_job(activeDeadlineSeconds=15), _body(held | {"startTime": (NOW - timedelta(seconds=10)).isoformat()}),
+                _obs([_store(), _pod(0), pending], placeable=0))
+    assert soon.recheck_after == 5

@@ -283,3 +283,20 @@ def test_a_new_job_s_service_is_created_without_a_look_and_trusted_while_its_sto
     assert not reconcile.service_exists(state, kube, "ns", "j", "Restarting", []) and kube.looks == 1
     # An operator restarted under a job that has a status: it looks, never assumes.
     assert not reconcile.service_exists(JobMemo(), kube, "ns", "j", "Pending", []) and kube.looks == 2
+
+
+def test_a_round_with_a_deadline_ahead_asks_the_wakes_for_a_recheck_when_it_is_due():
+    asked: list[tuple[tuple[str, str], float]] = []
+    _run(_runtime_with(asked), JobMemo(), _body({"activeDeadlineSeconds": 3600}))
+    [(key, seconds)] = asked
+    assert key == ("ns", "j") and 3590 < seconds <= 3600
+    asked.clear()
+    _run(_runtime_with(asked), JobMemo(), _body())
+    assert asked == []  # nothing due: no recheck
+
+
+def _runtime_with(asked: list) -> OperatorRuntime:
+    """A runtime whose own wakes (not a module global) record the rechecks asked of them."""
+    runtime = _runtime(FakeKube())
+    runtime.wakes.recheck_from_thread = lambda key, seconds: asked.append((key, seconds))
+    return runtime

@@ -69,3 +69,30 @@ def test_a_later_wake_runs_after_its_delay_not_before():
         assert runs[0] - asked >= 0.3
 
     asyncio.run(main())
+
+
+def test_a_recheck_from_a_reconcile_thread_wakes_the_job_when_due_once_per_due_time_in_kopf_s_context():
+    runs: list[str] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        wakes = Wakes(delay=0.01)
+        CONTEXT.set("kopf")
+        wakes.register(KEY, lambda: runs.append(CONTEXT.get("none")))
+        wakes.recheck_from_thread(KEY, 0.05)  # before any pod event: no loop known, nothing scheduled
+        assert wakes.wake(KEY, loop)  # a pod event: the loop and Kopf's context are known from here on
+        await _until(lambda: len(runs) == 1)
+
+        def from_a_thread() -> None:
+            wakes.recheck_from_thread(KEY, 0.2)
+            wakes.recheck_from_thread(KEY, 0.2)  # the same due time again (every round of a running job): dropped
+            wakes.recheck_from_thread(KEY, 0.1)  # an earlier rule: added
+
+        await loop.run_in_executor(None, from_a_thread)
+        await asyncio.sleep(0.05)
+        assert len(runs) == 1  # not yet due
+        await _until(lambda: len(runs) == 2)  # the 0.1 s recheck
+        await asyncio.sleep(0.3)
+        assert runs == ["kopf"] * 3  # and the 0.2 s one, once
+
+    asyncio.run(main())

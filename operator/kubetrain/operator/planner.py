@@ -182,6 +182,14 @@ class Plan:
     restart_reasons: list[str] = field(default_factory=list)
     scaling_reason: str | None = None
     first_running: bool = False  # the job trains for the first time (time-to-Running metric)
+    # Seconds until a rule that acts on elapsed time alone (TTL, deadline, image-pull grace, gang release) is
+    # due: no event may come then, and the timer is only a slow safety net. None: no such rule pending.
+    recheck_after: float | None = None
+
+    def recheck_in(self, seconds: float) -> None:
+        """Ask for a reconcile ``seconds`` from now (the earliest of every rule's)."""
+        seconds = max(seconds, 0.0)
+        self.recheck_after = seconds if self.recheck_after is None else min(self.recheck_after, seconds)
 
 
 def _parse_time(value: str) -> datetime:
@@ -340,8 +348,12 @@ def _finished(r: _Round) -> None:
     _retire_after_end(r.result, r.job, r.workers, r.store)
     ttl = r.spec.ttl_seconds_after_finished
     done = r.old.get("completionTime")
-    if ttl is not None and done and _parse_time(done) + timedelta(seconds=ttl) <= r.now:
-        r.result.delete_job = True
+    if ttl is not None and done:
+        due = (_parse_time(done) + timedelta(seconds=ttl) - r.now).total_seconds()
+        if due <= 0:
+            r.result.delete_job = True
+        else:
+            r.result.recheck_in(due)
 
 
 def _suspended(r: _Round) -> bool:
@@ -375,8 +387,11 @@ def _past_deadline(r: _Round) -> bool:
     start = r.old.get("startTime") or _iso(r.now)
     r.st.set(startTime=start)
     limit = r.spec.active_deadline_seconds
-    if limit and _parse_time(start) + timedelta(seconds=limit) <= r.now:
-        return r.fail("DeadlineExceeded", f"the job ran longer than spec.activeDeadlineSeconds={limit}")
+    if limit:
+        due = (_parse_time(start) + timedelta(seconds=limit) - r.now).total_seconds()
+        if due <= 0:
+            return r.fail("DeadlineExceeded", f"the job ran longer than spec.activeDeadlineSeconds={limit}")
+        r.result.recheck_in(due)
     return False
 
 
@@ -447,6 +462,7 @@ def _image_never_pulled(r: _Round) -> bool:
     failing_since = _false_since(r.st, IMAGES_PULLED)
     if problem.permanent or (failing_since and (r.now - failing_since).total_seconds() >= IMAGE_PULL_GRACE_SECONDS):
         return r.fail(problem.reason, message)
+    r.result.recheck_in(IMAGE_PULL_GRACE_SECONDS - ((r.now - failing_since).total_seconds() if failing_since else 0.0))
     return False
 
 
@@ -493,7 +509,10 @@ def _train(r: _Round) -> None:
     bound = [p for p in active if p.node]
     if desired < spec.replicas.min and bound and held_since:
         spread = (zlib.crc32(r.body["metadata"].get("uid", r.job.metadata.name).encode()) % 1000) / 1000.0
-        if (now - held_since).total_seconds() > GANG_RELEASE_SECONDS * (1 + spread):
+        release_in = GANG_RELEASE_SECONDS * (1 + spread) - (now - held_since).total_seconds()
+        if release_in >= 0:
+            result.recheck_in(release_in + 0.5)  # the rule is "more than": just past it
+        else:
             _retire(result, active)
             result.create_workers = []
             result.events.append(("Warning", "ReleasedPartialGang",

@@ -111,6 +111,8 @@ def reconcile_job(body: kopf.Body | dict[str, Any], patch: kopf.Patch, runtime: 
         record_metrics(job, raw, result, state, runtime.metrics, started)
         for etype, reason, message in result.events:
             post(body, type=etype, reason=reason, message=message)
+        if result.recheck_after is not None:  # a deadline, TTL or grace is due before the timer's next round
+            runtime.wakes.recheck_from_thread((raw["metadata"]["namespace"], job.metadata.name), result.recheck_after)
         if result.delete_job:
             logger.info("ttlSecondsAfterFinished elapsed: deleted the job")
 

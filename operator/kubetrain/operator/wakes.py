@@ -31,6 +31,7 @@ class Wakes:
         # Kopf's loop and a context of its (the one Events are posted through), from the latest pod event's wake.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._context: contextvars.Context | None = None
+        self._due: dict[JobKey, float] = {}  # the loop time of each job's scheduled recheck (``recheck_from_thread``)
 
     def register(self, key: JobKey, run: Callable[[], None]) -> None:
         with self._guard:
@@ -39,6 +40,7 @@ class Wakes:
     def forget(self, key: JobKey) -> None:
         with self._guard:
             self._runs.pop(key, None)
+        self._due.pop(key, None)
 
     def wake(self, key: JobKey, loop: asyncio.AbstractEventLoop) -> bool:
         """Schedule the job's reconcile (call on ``loop``); False when one is pending already or none is registered."""
@@ -58,6 +60,26 @@ class Wakes:
         if loop is not None and context is not None and keys and not loop.is_closed():
             # In Kopf's context, not the reader thread's: a reconcile without it would post its Events nowhere.
             loop.call_soon_threadsafe(self._wake_all, keys, loop, context=context)
+
+    def recheck_from_thread(self, key: JobKey, seconds: float) -> None:
+        """Wake the job ``seconds`` from now, from a reconcile's thread: when a rule that acts on elapsed time alone
+        (a deadline, a TTL, a grace) is due. A recheck already due by then stands; only an earlier one is added."""
+        loop, context = self._loop, self._context
+        if loop is not None and context is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._recheck, key, loop, seconds, context=context)
+
+    def _recheck(self, key: JobKey, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
+        now, due = loop.time(), loop.time() + seconds
+        scheduled = self._due.get(key)
+        if scheduled is not None and now < scheduled <= due + self.delay:
+            return
+        self._due[key] = due
+        loop.call_later(seconds, self._recheck_due, key, loop, due)
+
+    def _recheck_due(self, key: JobKey, loop: asyncio.AbstractEventLoop, due: float) -> None:
+        if self._due.get(key) == due:
+            del self._due[key]
+        self.wake(key, loop)
 
     def _wake_all(self, keys: set[JobKey], loop: asyncio.AbstractEventLoop) -> None:
         for key in keys:
