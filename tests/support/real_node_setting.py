@@ -10,7 +10,7 @@ from kubetrain_dev.devcluster import real_node
 
 def real_node_setting(setting: str | None = None) -> tuple[bool, str]:
     """KUBETRAIN_REAL_NODE=1: always (a missing prerequisite fails the tests); 0 or unset: never (a plain
-    ``pytest`` on a shared machine changes no host network); ``auto``:
+    ``pytest`` on a shared machine changes no host network); ``auto`` (what ``make test`` and CI set):
     wherever the machine can, i.e. as root with the real node's tools. The node needs root, Debian's
     containerd/runc/buildah and changes the host's network (restored at the end of the session).
     """
@@ -19,7 +19,7 @@ def real_node_setting(setting: str | None = None) -> tuple[bool, str]:
         return True, "KUBETRAIN_REAL_NODE=1"
     if setting != "auto":
         said = f"KUBETRAIN_REAL_NODE={setting}" if setting else "KUBETRAIN_REAL_NODE is not set"
-        return False, f"{said}: off (auto turns it on where the machine can, 1 forces it on)"
+        return False, f"{said}: off (make test sets auto, 1 forces it on, 0 turns it off)"
     if os.geteuid() != 0:
         return False, "KUBETRAIN_REAL_NODE=auto, but not root: the real node needs root"
     missing = real_node.missing_prerequisites()

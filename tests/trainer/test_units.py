@@ -389,11 +389,11 @@ def test_strongest_reason_of_an_attempt_wins_and_newer_attempts_replace(tmp_path
     assert path.read_text().startswith("OutOfMemory:")
     assert write("CommunicationTimeout", 1)  # a later attempt
     assert path.read_text().startswith("CommunicationTimeout:")
-    failure.clear_termination_message(path)
+    failure.replace_termination_message(path)
     assert path.read_text() == ""
     # Success replaces any failure of an earlier attempt with the result, which is no failure.
     assert write("OutOfMemory", 0)
-    failure.clear_termination_message(path, format_result(FinalFigures(step=60, loss=2.5, tokens_per_second=900.0)))
+    failure.replace_termination_message(path, format_result(FinalFigures(step=60, loss=2.5, tokens_per_second=900.0)))
     assert parse_result(path.read_text()) == FinalFigures(60, 2.5, 900.0)
     assert failure.parse_message(path.read_text()) is None
 

@@ -183,9 +183,9 @@ def write_termination_message(path: str | os.PathLike, text: str, reason: str, r
         return False
 
 
-def clear_termination_message(path: str | os.PathLike, text: str = "") -> None:
-    """Replace the file's content with ``text`` (after success, so an earlier attempt's failure is not shown
-    as the pod's reason; ``text``: the completed worker's result, :mod:`kubetrain.contract.result`)."""
+def replace_termination_message(path: str | os.PathLike, text: str = "") -> None:
+    """Replace the file's content with ``text``, empty by default (after success, so an earlier attempt's failure
+    is not shown as the pod's reason; ``text``: the completed worker's result, :mod:`kubetrain.contract.result`)."""
     with contextlib.suppress(Exception):
         with open(path, "a+", encoding="utf-8") as fh, _locked(fh):
             fh.truncate(0)

@@ -28,7 +28,7 @@ from kubetrain_trainer.failure import (  # noqa: E402
     EXIT_PEER_PREEMPTED,
     PREEMPTED,
     ConfigError,
-    clear_termination_message,
+    replace_termination_message,
     format_message,
     report_failure,
     write_termination_message,
@@ -124,7 +124,7 @@ def main(hooks: Sequence[StepHook] = ()) -> None:
         exit_process(EXIT_PEER_PREEMPTED)
     if env.local_rank == 0:
         # The pod's result, read by the operator when the pod ends (a metrics read may never see the last step).
-        clear_termination_message(message_path, format_result(final))
+        replace_termination_message(message_path, format_result(final))
     exit_process(0)  # see process_exit: gloo threads may still hold Python callbacks
 
 

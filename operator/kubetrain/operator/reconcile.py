@@ -375,7 +375,7 @@ def reflect_throughput(job: TrainingJob, raw: dict[str, Any], obs: planner.Obser
     figures = reader.get(key)
     # A completed worker's own last figures beat any read of its /metrics (which may predate the last step).
     final = final_figures([p.body.get("status") or {} for p in obs.pods if p.role == naming.ROLE_WORKER and p.phase == "Succeeded"])
-    if final is not None and (figures is None or figures.step is None or final.step >= (figures.step or 0)):
+    if final is not None and (figures is None or (figures.step or 0) <= final.step):
         figures = final
     phase = result.status.get("phase")
     if figures is not None and (phase in ACTIVE_PHASES or (figures is final and phase == Phase.SUCCEEDED)):

@@ -21,6 +21,7 @@ import threading
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -220,6 +221,6 @@ class ThroughputReader:
             self._stop.wait(self.interval)
 
 
-def _figures(tp: Throughput | None) -> tuple | None:
-    """What a status shows of a reading, without the time it was taken."""
-    return None if tp is None else (tp.tokens_per_second, tp.samples_per_second, tp.step, tp.loss, tp.gradient_noise_scale)
+def _figures(tp: Throughput | None) -> Throughput | None:
+    """A reading without the time it was taken: what tells whether the figures changed."""
+    return None if tp is None else dataclasses.replace(tp, observed=None)

@@ -44,31 +44,35 @@ class Wakes:
 
     def wake(self, key: JobKey, loop: asyncio.AbstractEventLoop) -> bool:
         """Schedule the job's reconcile (call on ``loop``); False when one is pending already or none is registered."""
-        self._loop, self._context = loop, contextvars.copy_context()
+        # The reconcile posts Events through Kopf's context variables: run it in this context.
+        context = contextvars.copy_context()
+        self._loop, self._context = loop, context
         with self._guard:
             if key in self._pending or key not in self._runs:
                 return False
             self._pending.add(key)
-        # The reconcile posts Events through Kopf's context variables: run it in this context.
-        loop.call_later(self.delay, self._fire, key, loop, contextvars.copy_context())
+        loop.call_later(self.delay, self._fire, key, loop, context)
         return True
 
     def wake_from_thread(self, keys: set[JobKey]) -> None:
         """Wake these jobs from another thread (the throughput reader's, when their figures changed). Before any
         pod event there is no loop to wake on, and no job with pods to read figures from."""
-        loop, context = self._loop, self._context
-        if loop is not None and context is not None and keys and not loop.is_closed():
-            # In Kopf's context, not the reader thread's: a reconcile without it would post its Events nowhere.
-            loop.call_soon_threadsafe(self._wake_all, keys, loop, context=context)
+        if keys:
+            self._on_loop(self._wake_all, keys)
 
     def recheck_from_thread(self, key: JobKey, seconds: float) -> None:
         """Wake the job ``seconds`` from now, from a reconcile's thread: when a rule that acts on elapsed time alone
         (a deadline, a TTL, a grace) is due. A recheck already due by then stands; only an earlier one is added."""
+        self._on_loop(self._recheck, key, seconds)
+
+    def _on_loop(self, fn: Callable[..., None], *args: object) -> None:
+        """Call ``fn(*args, loop)`` on Kopf's loop from another thread, in Kopf's context, not the calling
+        thread's: a reconcile without it would post its Events nowhere. No-op before the first pod event."""
         loop, context = self._loop, self._context
         if loop is not None and context is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._recheck, key, loop, seconds, context=context)
+            loop.call_soon_threadsafe(fn, *args, loop, context=context)
 
-    def _recheck(self, key: JobKey, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
+    def _recheck(self, key: JobKey, seconds: float, loop: asyncio.AbstractEventLoop) -> None:
         now, due = loop.time(), loop.time() + seconds
         scheduled = self._due.get(key)
         if scheduled is not None and now < scheduled <= due + self.delay:
