@@ -7,7 +7,6 @@ without credentials.
 
 from __future__ import annotations
 
-import contextlib
 import re
 import time
 
@@ -51,9 +50,20 @@ def wait_phase(core: client.CoreV1Api, namespace: str, name: str, phases: set[st
 
 
 # The client: the Service by its short DNS name, no default route, the kubelet closed to it.
+# The first connection may be refused: a Service's rules reach kube-proxy a moment after its pod is Running
+# (EndpointSlice, then kube-proxy's next sync), and until then it rejects. Clients retry; so does this one.
 CLIENT = r"""
-import ssl, urllib.request, urllib.error
-body = urllib.request.urlopen("http://echo:8080/hello.txt", timeout=10).read().decode()
+import ssl, time, urllib.request, urllib.error
+deadline = time.monotonic() + 30
+for attempt in range(1, 1000):
+    try:
+        body = urllib.request.urlopen("http://echo:8080/hello.txt", timeout=10).read().decode()
+        break
+    except urllib.error.URLError as exc:
+        if not isinstance(exc.reason, ConnectionRefusedError) or time.monotonic() > deadline:
+            raise
+        time.sleep(0.5)
+print(f"echo answered on attempt {attempt}")
 assert body == "hello from the real node\n", body
 routes = [l.split()[1] for l in open("/proc/net/route").read().splitlines()[1:]]
 assert "00000000" not in routes, f"default route in the pod: {routes}"
@@ -126,12 +136,20 @@ def test_operator_runs_from_the_chart_as_its_service_account(cluster, deployed):
 
 
 def test_two_cpu_replicas_train_to_succeeded(cluster, deployed, namespace):
-    # 120 steps: rank 0's log is read while its pod lives, and 60 steps on a quiet node can be over within ~8 s.
-    status, seen = run_job(cluster, namespace, "gpt-real", {"replicas": {"min": 2, "max": 2}, "trainer": {"maxSteps": 120}})
+    # keepPods: All keeps the finished pods, so rank 0's log is read after the job, not raced while it trains.
+    status, seen = run_job(cluster, namespace, "gpt-real", {"replicas": {"min": 2, "max": 2}, "trainer": {"maxSteps": 120},
+                                                            "keepPods": "All"})
     assert status["phase"] == "Succeeded", status
     assert seen["nodes"] == {real_node.NODE_NAME}
     assert seen["world"] == 2 and seen["tokens"] > 0
-    assert len(seen["losses"]) >= 2 and seen["losses"][-1] < seen["losses"][0], seen["losses"]
+    core = client.CoreV1Api(cluster.api)
+    [rank0] = [p for p in core.list_namespaced_pod(namespace).items if p.metadata.name.startswith("gpt-real-w0")]
+    log = core.read_namespaced_pod_log(rank0.metadata.name, namespace)
+    losses = [float(x) for x in LOSS.findall(log)]
+    assert len(losses) >= 2 and losses[-1] < losses[0], log[-3000:]
+    # The status carries the last step's loss, from the worker's termination message or the last metrics read.
+    assert status["throughput"]["step"] == 120, status["throughput"]
+    assert status["throughput"]["loss"] == pytest.approx(losses[-1], abs=1e-3), status["throughput"]
 
 
 @pytest.fixture
@@ -166,18 +184,13 @@ def run_job(cluster, namespace, name: str, spec: dict, during=None, timeout: flo
     core = client.CoreV1Api(cluster.api)
     api.create_namespaced_custom_object("kubetrain.dev", "v1alpha1", namespace, "trainingjobs", {
         "apiVersion": "kubetrain.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": name}, "spec": spec})
-    seen = {"nodes": set(), "tokens": 0.0, "world": 0, "losses": [], "worlds": []}
+    seen = {"nodes": set(), "tokens": 0.0, "world": 0, "worlds": []}
 
     def finished():
         pods = core.list_namespaced_pod(namespace).items
         for p in pods:
             if p.spec.node_name:
                 seen["nodes"].add(p.spec.node_name)
-            # The pods go when the job succeeds: read rank 0's losses while its pod is there.
-            if p.metadata.name.startswith(f"{name}-w0") and p.status.phase in ("Running", "Succeeded"):
-                with contextlib.suppress(client.ApiException):
-                    losses = [float(x) for x in LOSS.findall(core.read_namespaced_pod_log(p.metadata.name, namespace))]
-                    seen["losses"] = losses if len(losses) >= len(seen["losses"]) else seen["losses"]
         status = api.get_namespaced_custom_object("kubetrain.dev", "v1alpha1", namespace, "trainingjobs",
                                                   name).get("status", {})
         seen["tokens"] = max(seen["tokens"], status.get("throughput", {}).get("tokensPerSecond", 0.0))
