@@ -72,3 +72,19 @@ def test_the_checker_sees_imports_inside_functions(tmp_path):
     src = tmp_path / "m.py"
     src.write_text("def f():\n    from kubetrain_trainer.local import run_local\n    import os.path\n")
     assert imported_modules(src) == {"kubetrain_trainer.local", "os.path"}
+
+
+def test_the_operator_loads_optuna_only_with_its_first_sweep():
+    """Optuna brings numpy, OpenBLAS and SQLAlchemy (~14 MiB resident at import): an operator that runs no sweep never loads them."""
+    import subprocess
+
+    code = ("import sys; from kubetrain.operator import handlers, sweeps; "
+            "print(sorted({m.partition('.')[0] for m in sys.modules} & {'optuna', 'numpy', 'sqlalchemy'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out
+    # ...and the first sweep round does load it (the study is built lazily, not skipped).
+    code = ("import sys, kubetrain.tuning.plan as p, kubetrain.tuning.space as s; "
+            "s.distribution(__import__('kubetrain.api.sweep', fromlist=['x']).SearchParameter(name='lr', "
+            "target='trainer.learningRate', type='float', min=1e-4, max=1e-2)); print('optuna' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "True", out.stderr[-2000:]

@@ -12,15 +12,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kubetrain.api.sweep import TrainingSweep
 from kubetrain.tuning import pbt
 from kubetrain.tuning.reports import ObjectiveReports, report_interval
 from kubetrain.tuning.space import InvalidTrial
 from kubetrain.tuning.status import trial_status
-from kubetrain.tuning.study import SweepStudy
 from kubetrain.tuning.trials import TrialRecord, record_from_job, saved_gpu_seconds, thin, trial_job
+
+if TYPE_CHECKING:  # kubetrain.tuning.study imports Optuna: loaded with the first sweep, not with the operator
+    from kubetrain.tuning.study import SweepStudy
 
 FINISHED = ("Succeeded", "Pruned", "Failed")
 # The status field of a trial job's throughput that each objective reads.
@@ -91,6 +93,8 @@ def plan_sweep(sweep: TrainingSweep, body: dict[str, Any], jobs: list[dict[str, 
             rec.values = thin({**rec.values, live[0]: live[1]})
             plan.record_values[rec.job] = rec.values
     if memory.study is None:
+        from kubetrain.tuning.study import SweepStudy
+
         memory.study = SweepStudy.rebuild(spec, records, name=body["metadata"].get("uid", sweep.metadata.name))
         memory.told = {r.number for r in records if r.state in FINISHED}
     study = memory.study

@@ -9,14 +9,15 @@ parameters, a batch the model refuses) is refused before a trial job exists.
 from __future__ import annotations
 
 import copy
-from typing import Any
-
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from typing import TYPE_CHECKING, Any
 
 from kubetrain.api.base import format_errors
 from kubetrain.api.models import TrainingJobSpec
 from kubetrain.api.sweep import SearchParameter, target_type
 from pydantic import ValidationError
+
+if TYPE_CHECKING:  # Optuna (with numpy and SQLAlchemy) loads with the first sweep: an operator without sweeps never pays for it
+    from optuna.distributions import BaseDistribution
 
 
 class InvalidTrial(ValueError):
@@ -24,6 +25,8 @@ class InvalidTrial(ValueError):
 
 
 def distribution(p: SearchParameter) -> BaseDistribution:
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
     if p.type == "categorical":
         return CategoricalDistribution(tuple(p.values or ()))
     if p.type == "int":
