@@ -56,3 +56,58 @@ def test_reconcile_errors_start_at_zero_and_count_each_failure():
     assert r.get_sample_value("kubetrain_operator_reconcile_errors_total") == 2
     # Not per job: a failing API server would otherwise multiply series by jobs.
     assert {s.labels.get("trainingjob") for f in r.collect() if f.name == "kubetrain_operator_reconcile_errors" for s in f.samples} == {None}
+
+
+def test_a_jobs_series_start_at_zero_count_and_go_with_the_job():
+    r, m = _metrics()
+    _observe(m, {"phase": "Pending"})
+    # Every reason and phase is a series from the first reconcile: "none" is a 0, not missing data.
+    assert r.get_sample_value("kubetrain_operator_restarts_total", JOB | {"reason": "NodeLost"}) == 0
+    assert r.get_sample_value("kubetrain_operator_job_phase", JOB | {"phase": "Pending"}) == 1
+    assert r.get_sample_value("kubetrain_operator_job_phase", JOB | {"phase": "Running"}) == 0
+    m.observe("ml", "gpt", Plan(restart_reasons=["NodeLost", "NodeLost"], scaling_reason="PartialCapacity"),
+              {"phase": "Running", "readyReplicas": 2}, 8, 5.0, None, trainer_metrics=True)
+    assert r.get_sample_value("kubetrain_operator_restarts_total", JOB | {"reason": "NodeLost"}) == 2
+    assert r.get_sample_value("kubetrain_operator_scaling_events_total", JOB | {"reason": "PartialCapacity"}) == 1
+    assert r.get_sample_value("kubetrain_operator_job_gpu_seconds_total", JOB) == 2 * 8 * 5.0
+    m.allocated.labels("ml", "gpt").set(2)
+    m.forget("ml", "gpt")
+    assert [s for f in r.collect() for s in f.samples if s.labels.get("trainingjob") == "gpt"] == []
+
+
+def test_scrapes_while_reconciles_add_and_forget_jobs():
+    """Reconciles run in Kopf's executor threads and the scrape in the HTTP server's: neither may break the other."""
+    import threading
+
+    r, m = _metrics()
+    stop, errors = threading.Event(), []
+
+    def churn(k: int) -> None:
+        i = 0
+        while not stop.is_set():
+            name = f"j{k}-{i % 50}"
+            m.observe("ml", name, Plan(restart_reasons=["NodeLost"]), {"phase": "Running", "readyReplicas": 1}, 1, 1.0, None,
+                      trainer_metrics=True)
+            if i % 3 == 0:
+                m.forget("ml", name)
+            i += 1
+
+    threads = [threading.Thread(target=churn, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(200):
+            try:
+                families = {f.name: f for f in r.collect()}
+            except Exception as exc:  # noqa: BLE001 - what the test looks for
+                errors.append(exc)
+                break
+            # A job's families are read under one lock: every job with a phase series has its restart series too.
+            phase_jobs = {s.labels["trainingjob"] for s in families["kubetrain_operator_job_phase"].samples}
+            restart_jobs = {s.labels["trainingjob"] for s in families["kubetrain_operator_restarts"].samples}
+            assert phase_jobs == restart_jobs
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert errors == []
