@@ -36,19 +36,21 @@ def test_the_config_chooses_the_throughput_source_and_each_runtime_has_its_own_r
     assert scrape.reservations is not prom.reservations
 
 
-def test_cleanup_stops_the_reader_the_metrics_server_and_the_api_client():
+def test_cleanup_stops_the_reader_the_metrics_server_the_heap_trims_and_the_api_client():
     port = free_port()
     kube = FakeKube()
-    runtime = OperatorRuntime(OperatorConfig(metrics_port=port, throughput_interval_seconds=3600), kube)
+    runtime = OperatorRuntime(OperatorConfig(metrics_port=port, throughput_interval_seconds=3600, heap_trim_interval_seconds=3600), kube)
     runtime.start()
     try:
         assert runtime.throughput.running
+        assert runtime.heap._thread is not None and runtime.heap._thread.is_alive()  # noqa: SLF001
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
             assert b"kubetrain_operator_reconcile_errors_total" in resp.read()
     finally:
         handlers.stop(memo=kopf.Memo(runtime=runtime), logger=logging.getLogger("test"))
     # The reader waits an hour between reads: stop must wake it, not wait it out.
     assert not runtime.throughput.running and kube.closed
+    assert runtime.heap._thread is None  # noqa: SLF001 - an hour's wait, yet stop returned: it woke the thread
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)
     runtime.stop()  # twice is harmless

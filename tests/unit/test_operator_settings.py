@@ -44,3 +44,13 @@ def test_the_timer_is_a_safety_net_and_the_chart_ships_the_operator_s_default():
     values = yaml.safe_load((Path(__file__).parents[2] / "charts" / "kubetrain" / "values.yaml").read_text())
     assert OperatorConfig.from_env({}).reconcile_interval_seconds == RECONCILE_INTERVAL_DEFAULT == 30.0
     assert values["operator"]["reconcileIntervalSeconds"] == RECONCILE_INTERVAL_DEFAULT
+
+
+def test_heap_trims_default_to_every_10_s_as_the_chart_ships_them_and_0_turns_them_off():
+    from pathlib import Path
+
+    import yaml
+
+    values = yaml.safe_load((Path(__file__).parents[2] / "charts" / "kubetrain" / "values.yaml").read_text())
+    assert OperatorConfig.from_env({}).heap_trim_interval_seconds == values["operator"]["heapTrimIntervalSeconds"] == 10
+    assert OperatorConfig.from_env({"KUBETRAIN_HEAP_TRIM_INTERVAL": "0"}).heap_trim_interval_seconds == 0

@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from kubetrain.operator import capacity
 from kubetrain.operator.allocation import GoodputAllocator
+from kubetrain.operator.heap import HeapTrimmer
 from kubetrain.operator.metrics import OperatorMetrics
 from kubetrain.operator.sweep_metrics import SweepMetrics
 from kubetrain.operator.nodes import DeletedNodes
@@ -61,6 +62,7 @@ class OperatorRuntime:
             AllocatorConfig(interval_seconds=config.goodput_interval_seconds, min_dwell_seconds=config.goodput_min_dwell_seconds,
                             payback_seconds=config.goodput_payback_seconds, payback_restarts=config.goodput_payback_restarts),
             self.metrics, default=config.goodput_default, restart_seconds=config.goodput_restart_seconds)
+        self.heap = HeapTrimmer(config.heap_trim_interval_seconds)
         self._metrics_server: WSGIServer | None = None
 
     @classmethod
@@ -69,16 +71,18 @@ class OperatorRuntime:
         return runtime
 
     def start(self) -> None:
-        """Serve /metrics (unless the port is 0), start reading throughput and the allocator's rounds."""
+        """Serve /metrics (unless the port is 0), start reading throughput, the allocator's rounds and the heap trims."""
         if self.config.metrics_port:
             self._metrics_server, _ = start_http_server(self.config.metrics_port, registry=self.registry)
         self.throughput.start()
         self.allocator.start()
+        self.heap.start()
 
     def stop(self) -> None:
         """Undo ``start`` and close the API client; safe to call more than once, or without ``start``."""
         self.throughput.stop()
         self.allocator.stop()
+        self.heap.stop()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()

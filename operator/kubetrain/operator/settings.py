@@ -71,6 +71,8 @@ class OperatorConfig:
     # A Kueue runs in the cluster (Helm value kueue.enabled): a queued job gets a Workload and runs
     # only while Kueue admits it (docs/kueue.md). Off: it waits suspended until spec.suspend turns false.
     kueue: bool = False
+    # Seconds between returns of the C heap's free pages to the system (operator/heap.py); 0 never.
+    heap_trim_interval_seconds: float = 10.0
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "OperatorConfig":
@@ -93,4 +95,5 @@ class OperatorConfig:
             goodput_payback_seconds=float(env["KUBETRAIN_GOODPUT_PAYBACK_SECONDS"]) if env.get("KUBETRAIN_GOODPUT_PAYBACK_SECONDS") else None,
             goodput_payback_restarts=float(env.get("KUBETRAIN_GOODPUT_PAYBACK_RESTARTS") or 2),
             kueue=kueue_from_env(env),
+            heap_trim_interval_seconds=float(env.get("KUBETRAIN_HEAP_TRIM_INTERVAL") or 10),
         )
