@@ -20,7 +20,7 @@ from pathlib import Path
 from bench.common import REPO, RESULTS, fmt, fmt_spread, load_average, md_table, now_utc, stamp_lines
 
 # In the order they run: the trainer figures first (they need only torch), then the control plane.
-BENCHMARKS = ["trainer_overhead", "trainer_modes", "compression_loss", "trainer_elastic", "sweeps", "scheduling", "control_plane", "node_loss", "real_node"]
+BENCHMARKS = ["trainer_overhead", "trainer_modes", "compression_loss", "trainer_elastic", "sweeps", "scheduling", "control_plane", "operator_memory", "node_loss", "real_node"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,6 +137,14 @@ def _headlines(docs: dict[str, dict]) -> list[list[str]]:
                              f"{med('p50_running', ' s')} / {med('p99_running', ' s')}; {med('p50_status_running', ' s')}; "
                              f"{med('cpu_burst', ' s')}; {med('requests_per_job')}",
                              f"{a['repetitions']} reps (median)", "control_plane.md"])
+    d = docs.get("operator_memory")
+    if d and d["results"].get("loaded"):
+        idle, loaded, n = d["results"]["idle"], d["results"]["loaded"], d["params"]["jobs"]
+        rows.append([f"Operator memory: RSS before the first job / at {n:,} Running jobs; per job (RSS, live Python objects)",
+                     f"{idle['rss_bytes'] / 2**20:.0f} MiB / {loaded['rss_bytes'] / 2**20:.0f} MiB; "
+                     f"{(loaded['rss_bytes'] - idle['rss_bytes']) / n / 1024:.0f} kB, "
+                     f"{(loaded['pymalloc']['live_bytes'] - idle['pymalloc']['live_bytes']) / n / 1024:.0f} kB",
+                     "1 run", "operator_memory.md"])
     return rows
 
 

@@ -880,8 +880,8 @@ def what_holds(metric: str, jobs: int, by: dict[str, dict], runs: list[dict], p:
         idle, peak = _median(rs, "operator_idle_rss_bytes"), _median(rs, "operator_peak_rss_bytes")
         if not idle or not peak:
             return ""
-        of_index = (f", of which the pod index {fmt(p['pods_per_job'] * index['view_bytes'] / 1024, ' kB')} (below); the rest, "
-                    "Kopf's and the operator's per-object state, is not broken down by this run") if index else ""
+        of_index = (f", of which the pod index {fmt(p['pods_per_job'] * index['view_bytes'] / 1024, ' kB')} (below); the rest is "
+                    "Kopf's and the operator's per-object state, broken down in operator_memory.md") if index else ""
         return (f"{fmt(idle / 2**20, ' MiB')} before the first job (interpreter, Kopf, Kubernetes client; "
                 f"MALLOC_ARENA_MAX={p.get('operator_env', {}).get('MALLOC_ARENA_MAX', '?')} as the chart sets), then "
                 f"{fmt((peak - idle) / jobs / 1024, ' kB')} per job at the peak{of_index}{never}")

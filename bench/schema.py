@@ -40,6 +40,19 @@ ENVELOPE = {
     },
 }
 
+# One census of the running operator (bench/memory_census.py).
+CENSUS = {
+    "type": "object",
+    "required": ["rss_bytes", "anonymous_bytes", "heap_in_use_bytes", "heap_free_bytes", "pymalloc", "gc_objects",
+                 "gc_types", "tasks", "rss_after_trim_bytes"],
+    "properties": {
+        "rss_bytes": {"type": "integer", "minimum": 1},
+        "pymalloc": {"type": "object", "required": ["arenas", "live_bytes", "free_bytes"],
+                     "properties": {"live_bytes": {"type": "integer", "minimum": 1}}},
+        "gc_types": {"type": "object", "minProperties": 1},
+    },
+}
+
 RESULTS = {
     "trainer_overhead": {
         "type": "object",
@@ -122,6 +135,11 @@ RESULTS = {
             }},
             "by_size": {"type": "object", "minProperties": 1},
         },
+    },
+    "operator_memory": {
+        "type": "object",
+        "required": ["idle", "loaded", "all_running_seconds"],
+        "properties": {"idle": CENSUS, "loaded": CENSUS, "all_running_seconds": NUM},
     },
     "sweeps": {
         "type": "object",

@@ -89,6 +89,17 @@ def test_control_plane_quick(tmp_path):
     assert all(r["operator_requests_burst"] > 0 for r in runs)
 
 
+@pytest.mark.integration
+@pytest.mark.timeout(600)
+def test_operator_memory_quick(tmp_path):
+    doc = run_quick("operator_memory", tmp_path, 580)
+    assert doc["errors"] == [], doc["errors"]
+    idle, loaded = doc["results"]["idle"], doc["results"]["loaded"]
+    # Both censuses come from the running operator: it had its jobs' objects in memory at the second.
+    assert loaded["gc_objects"] > idle["gc_objects"] and loaded["tasks"] > idle["tasks"]
+    assert "per job" in (tmp_path / "operator_memory.md").read_text()
+
+
 def test_summary_is_rebuilt_from_json(tmp_path):
     """The results README is generated from whatever JSON exists (no benchmark run needed)."""
     from bench.__main__ import write_summary
