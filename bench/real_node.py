@@ -181,7 +181,7 @@ def body_of(results: dict, p: dict, out: Path) -> str:
          "the survivor's collective fails at once (gloo, reset connection) and its agent opens a new round; the "
          "operator's replacement (row 2) joins it, so the round closes at max without its 15 s last_call_timeout; "
          "then container start, torch import, checkpoint load. Without a replacement (no capacity) the last call "
-         "bounds it, as in the local column (25.6 s: no replacement there)"],
+         f"bounds it, as in the local column ({loc('operator-defaults/node_loss')}: no replacement there)"],
         ["pod deleted → replacement pod in the API", fmt_spread(s["deleted_to_replacement_seen_s"], " s"), "—", "—",
          "the operator's wake (pod event, 0.2 s debounce); no timeout"],
         ["replacement pod → first step at world size 2", fmt_spread(s["replacement_to_world_2_s"], " s"),
