@@ -139,11 +139,13 @@ def _headlines(docs: dict[str, dict]) -> list[list[str]]:
                              f"{a['repetitions']} reps (median)", "control_plane.md"])
     d = docs.get("operator_memory")
     if d and d["results"].get("loaded"):
+        from bench.operator_memory import per_job
+
         idle, loaded, n = d["results"]["idle"], d["results"]["loaded"], d["params"]["jobs"]
+        rss, live = per_job(d["results"], n)
         rows.append([f"Operator memory: RSS before the first job / at {n:,} Running jobs; per job (RSS, live Python objects)",
                      f"{idle['rss_bytes'] / 2**20:.0f} MiB / {loaded['rss_bytes'] / 2**20:.0f} MiB; "
-                     f"{(loaded['rss_bytes'] - idle['rss_bytes']) / n / 1024:.0f} kB, "
-                     f"{(loaded['pymalloc']['live_bytes'] - idle['pymalloc']['live_bytes']) / n / 1024:.0f} kB",
+                     f"{rss / 1024:.0f} kB, {live / 1024:.0f} kB",
                      "1 run", "operator_memory.md"])
     return rows
 

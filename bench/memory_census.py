@@ -21,6 +21,8 @@ import signal
 import sys
 import tempfile
 
+from kubetrain.operator.heap import glibc_malloc_trim
+
 
 class _Mallinfo2(ctypes.Structure):
     _fields_ = [(f, ctypes.c_size_t) for f in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
@@ -57,7 +59,7 @@ def _pymalloc() -> dict[str, int]:
             "free_bytes": field("bytes in available blocks")}
 
 
-def census(libc: ctypes.CDLL) -> dict:
+def census(libc: ctypes.CDLL, trim) -> dict:
     mi = libc.mallinfo2()
     types: collections.Counter[str] = collections.Counter()
     sizes: collections.Counter[str] = collections.Counter()
@@ -75,7 +77,7 @@ def census(libc: ctypes.CDLL) -> dict:
            "gc_objects": len(objects), "gc_types": {k: [types[k], sizes[k]] for k, _ in types.most_common(60)},
            "tasks": sum(tasks.values()), "task_coroutines": dict(tasks.most_common(8))}
     del objects
-    libc.malloc_trim(0)
+    trim()
     out["rss_after_trim_bytes"] = _rss()["rss_bytes"]
     return out
 
@@ -84,10 +86,11 @@ def main() -> None:
     path = os.environ["KUBETRAIN_BENCH_CENSUS"]
     libc = ctypes.CDLL("libc.so.6")
     libc.mallinfo2.restype = _Mallinfo2
+    trim = glibc_malloc_trim()  # the operator's own trim (kubetrain.operator.heap)
 
     def on_signal(signum, frame) -> None:
         with open(path, "a") as fh:
-            fh.write(json.dumps(census(libc)) + "\n")
+            fh.write(json.dumps(census(libc, trim)) + "\n")
 
     signal.signal(signal.SIGUSR1, on_signal)
     sys.argv = ["kubetrain.operator", *sys.argv[1:]]

@@ -91,6 +91,13 @@ def measure(p: dict, work: Path) -> dict:
         cluster.stop()
 
 
+def per_job(results: dict, jobs: int) -> tuple[float, float]:
+    """Bytes one job adds: resident memory, and live Python objects (pymalloc)."""
+    a, b = results["idle"], results["loaded"]
+    return ((b["rss_bytes"] - a["rss_bytes"]) / jobs,
+            (b["pymalloc"]["live_bytes"] - a["pymalloc"]["live_bytes"]) / jobs)
+
+
 def render(doc: dict) -> str:
     p, r = doc["params"], doc["results"]
     if "idle" not in r:
@@ -121,9 +128,8 @@ def render(doc: dict) -> str:
     grown = sorted(((k, v[0] - a["gc_types"].get(k, [0, 0])[0], v[1] - a["gc_types"].get(k, [0, 0])[1])
                     for k, v in b["gc_types"].items()), key=lambda t: -t[2])[:15]
     per = lambda key: (b[key] - a[key]) / n  # noqa: E731
-    live = (b["pymalloc"]["live_bytes"] - a["pymalloc"]["live_bytes"]) / n
+    rss, live = per_job(r, n)
     pooled = (b["pymalloc"]["free_bytes"] - a["pymalloc"]["free_bytes"]) / n
-    rss = per("rss_bytes")
     budget = (GOAL_MIB * MIB - a["rss_bytes"]) / n
     timers = {k: v for k, v in b["task_coroutines"].items() if v >= n}
     reading = [
